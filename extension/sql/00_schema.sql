@@ -1,0 +1,100 @@
+-- pgconductor 0.1.0: tables and indexes.
+-- One set of tables with `queue` as a column, so that claim and report are
+-- static SQL that Postgres plans once (no table per queue).
+
+\echo Use "CREATE EXTENSION pgconductor" to load this file. \quit
+
+-- Registered queues (created by workers when they register).
+create table pgconductor._queues (
+    name text primary key,
+    created_at timestamptz not null
+);
+
+-- Registered tasks: their queue, attempts and retention, as last declared by a worker.
+-- A null retention interval keeps rows forever; '0' deletes them when they finish.
+create table pgconductor._tasks (
+    name text primary key,
+    queue text not null,
+    max_attempts int not null default 3 check (max_attempts > 0),
+    remove_on_complete interval default interval '7 days',
+    remove_on_fail interval default interval '30 days',
+    updated_at timestamptz not null
+);
+
+create sequence pgconductor._executions_seq;
+
+-- Every execution of every task. `seq` is insertion order (the last tie-breaker
+-- of the claim order); `expires_at` is set when an execution finishes, from its
+-- task's retention, so maintenance deletes by one small index.
+create table pgconductor._executions (
+    id uuid primary key default gen_random_uuid(),
+    seq bigint not null default nextval('pgconductor._executions_seq'),
+    task_name text not null,
+    queue text not null,
+    status text not null default 'pending'
+        check (status in ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled')),
+    payload jsonb not null default '{}',
+    result jsonb,
+    error jsonb,
+    attempts int not null default 0,
+    max_attempts int,  -- null: the task's registered max_attempts (else 3), read when it matters
+    priority int not null default 0,
+    run_at timestamptz not null,
+    created_at timestamptz not null,
+    started_at timestamptz,
+    finished_at timestamptz,
+    expires_at timestamptz,
+    dedupe_key text,
+    parent_id uuid,
+    batch_id uuid,
+    event_name text not null default 'pgconductor.invoke',
+    worker_id uuid,
+    cancel_reason text
+);
+
+alter sequence pgconductor._executions_seq owned by pgconductor._executions.seq;
+
+-- The claim's index: only pending rows, in claim order. Finished rows never enter it.
+create index _executions_ready on pgconductor._executions (queue, priority desc, run_at, seq)
+    where status = 'pending';
+-- Dedupe look-ups by (task, queue, key).
+create index _executions_dedupe on pgconductor._executions (task_name, queue, dedupe_key)
+    where dedupe_key is not null;
+-- Running executions by holder: heartbeats, cancellation and lease recovery.
+create index _executions_running on pgconductor._executions (worker_id)
+    where status = 'running';
+-- Retention: finished rows with a deadline.
+create index _executions_expiry on pgconductor._executions (expires_at)
+    where expires_at is not null;
+
+-- Saved step results of durable executions (used by ctx.step).
+create table pgconductor._steps (
+    execution_id uuid not null references pgconductor._executions (id) on delete cascade,
+    name text not null,
+    result jsonb,
+    created_at timestamptz not null,
+    primary key (execution_id, name)
+);
+
+-- Live workers (one row per worker process) and their lease.
+create table pgconductor._workers (
+    id uuid primary key,
+    name text not null,
+    queues text[] not null default '{}',
+    lease interval not null default interval '60 seconds',
+    started_at timestamptz not null,
+    last_seen_at timestamptz not null
+);
+
+-- The fake clock: at most one row; read only where fake time is allowed.
+create table pgconductor._clock (
+    only_row boolean primary key default true check (only_row),
+    fake_time timestamptz not null
+);
+
+-- pg_dump keeps user data of extension tables only when they are registered.
+select pg_catalog.pg_extension_config_dump('pgconductor._queues', '');
+select pg_catalog.pg_extension_config_dump('pgconductor._tasks', '');
+select pg_catalog.pg_extension_config_dump('pgconductor._executions', '');
+select pg_catalog.pg_extension_config_dump('pgconductor._executions_seq', '');
+select pg_catalog.pg_extension_config_dump('pgconductor._steps', '');

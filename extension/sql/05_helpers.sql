@@ -1,0 +1,95 @@
+-- pgconductor: errors and input checks shared by every entry point.
+--
+-- SQLSTATEs users can branch on:
+--   PGC01  invalid input (detail names the input and its value)
+--   PGC02  fake time is not allowed in this database
+--   0A000  feature not supported yet (standard code)
+
+-- Raises PGC01 naming the bad input; never returns.
+create function pgconductor._invalid(p_input text, p_problem text, p_value text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    raise exception using
+        errcode = 'PGC01',
+        message = format('pgconductor: invalid %s: %s', p_input, p_problem),
+        detail = format('%s = %s', p_input, coalesce(p_value, 'null'));
+end;
+$$;
+
+-- Raises PGC01 unless p_name is a usable task or queue name (non-empty, at most p_max characters).
+create function pgconductor._check_name(p_input text, p_name text, p_max int)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+    if p_name is null or pg_catalog.btrim(p_name) = '' then
+        perform pgconductor._invalid(p_input, 'must be a non-empty string', p_name);
+    elsif pg_catalog.length(p_name) > p_max then
+        perform pgconductor._invalid(p_input, format('must be at most %s characters', p_max), p_name);
+    end if;
+end;
+$$;
+
+-- Returns the retention interval a JSON value asks for: null (absent) -> p_default,
+-- false -> null (keep forever), 0 -> 0, {"days": N} -> N days; anything else raises PGC01.
+create function pgconductor._retention(p_input text, p_value jsonb, p_default interval)
+returns interval
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+    v_days numeric;
+begin
+    if p_value is null or p_value = 'null'::jsonb then
+        return p_default;
+    elsif p_value = 'false'::jsonb then
+        return null;
+    elsif p_value = '0'::jsonb then
+        return interval '0';
+    elsif pg_catalog.jsonb_typeof(p_value) = 'object'
+          and (p_value - 'days') = '{}'::jsonb
+          and pg_catalog.jsonb_typeof(p_value -> 'days') = 'number' then
+        v_days := (p_value ->> 'days')::numeric;
+        if v_days >= 0 then
+            return pg_catalog.make_interval(secs => (v_days * 86400)::double precision);
+        end if;
+    end if;
+    perform pgconductor._invalid(p_input, 'must be {"days": N} with N >= 0, 0, or false', p_value::text);
+    return null;
+end;
+$$;
+
+-- Returns when a finished execution of a task expires under its retention
+-- (null: kept forever); unregistered tasks use the defaults (7 days, 30 days).
+create function pgconductor._expires_at(p_task_name text, p_status text, p_finished_at timestamptz)
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+    select p_finished_at + case
+        when t.name is null then
+            case when p_status = 'completed' then interval '7 days' else interval '30 days' end
+        when p_status = 'completed' then t.remove_on_complete
+        else t.remove_on_fail end
+    from (select 1) one
+    left join pgconductor._tasks t on t.name = p_task_name
+$$;
+
+-- Returns the max_attempts that applies to an execution: its own if set, else its
+-- task's registered value, else 3.
+create function pgconductor._max_attempts(p_task_name text, p_own int)
+returns int
+language sql
+stable
+set search_path = ''
+as $$
+    select coalesce(p_own, (select t.max_attempts from pgconductor._tasks t where t.name = p_task_name), 3)
+$$;

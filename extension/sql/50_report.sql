@@ -1,0 +1,146 @@
+-- pgconductor: results, retries, releases and cancellation.
+
+-- Applies a worker's buffered outcomes in one statement. p_reports is a JSON array of
+-- {"id", "attempt", "outcome": "completed"|"failed"|"released", "result", "error"}.
+--   completed: stores result; deleted at once when the task's remove_on_complete is 0.
+--   failed:    pending again after 15 s, 30 s, 60 s, 60 s... while attempts < max_attempts,
+--              else failed; error kept. A requested cancel turns it into cancelled.
+--   released:  pending again now, the attempt not counted (shutdown); cancelled if requested.
+-- Reports for executions this worker no longer holds (lease recovered, other attempt)
+-- are ignored. Returns how many reports were applied.
+create function pgconductor.report(p_worker_id uuid, p_reports jsonb)
+returns int
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := pgconductor.now();
+    v_bad record;
+    v_applied int;
+    v_released_queues text[];
+    v_finished boolean;
+begin
+    if p_reports is null or pg_catalog.jsonb_typeof(p_reports) <> 'array' then
+        perform pgconductor._invalid('reports', 'must be a JSON array', p_reports::text);
+    end if;
+    select e.ord, e.v into v_bad
+    from pg_catalog.jsonb_array_elements(p_reports) with ordinality e(v, ord)
+    where pg_catalog.jsonb_typeof(e.v) <> 'object'
+       or (e.v ->> 'outcome') is null
+       or (e.v ->> 'outcome') not in ('completed', 'failed', 'released')
+       or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
+       or pg_catalog.jsonb_typeof(e.v -> 'attempt') is distinct from 'number'
+    order by e.ord limit 1;
+    if found then
+        perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),
+            'must be {"id", "attempt", "outcome": completed|failed|released, ...}', v_bad.v::text);
+    end if;
+
+    with r as (
+        select x.id, x.attempt, x.outcome, x.result, x.error
+        from pg_catalog.jsonb_to_recordset(p_reports) as x(id uuid, attempt int, outcome text, result jsonb, error jsonb)
+    ), cur as (
+        select e.id, e.queue, r.result, r.error,
+               case
+                   when r.outcome = 'completed' then 'completed'
+                   when e.cancel_reason is not null then 'cancelled'
+                   when r.outcome = 'released' then 'pending'
+                   when e.attempts < coalesce(e.max_attempts, t.max_attempts, 3) then 'retry'
+                   else 'failed'
+               end as next,
+               e.attempts,
+               case
+                   when t.name is null then
+                       case when r.outcome = 'completed' then interval '7 days' else interval '30 days' end
+                   when r.outcome = 'completed' then t.remove_on_complete
+                   else t.remove_on_fail
+               end as keep
+        from r
+        join pgconductor._executions e on e.id = r.id
+        left join pgconductor._tasks t on t.name = e.task_name
+        where e.status = 'running' and e.worker_id = p_worker_id and e.attempts = r.attempt
+        for update of e
+    ), removed as (
+        delete from pgconductor._executions e
+        using cur
+        where e.id = cur.id and cur.next in ('completed', 'failed', 'cancelled') and cur.keep = interval '0'
+        returning e.id
+    ), updated as (
+        update pgconductor._executions e
+        set status = case when cur.next = 'retry' then 'pending' else cur.next end,
+            result = case when cur.next = 'completed' then cur.result else e.result end,
+            error = case
+                        when cur.next = 'completed' or cur.next = 'pending' and cur.error is null then e.error
+                        when cur.next = 'cancelled' then pg_catalog.jsonb_build_object(
+                            'type', 'Cancelled', 'message', e.cancel_reason)
+                        else cur.error end,
+            attempts = case when cur.next = 'pending' then e.attempts - 1 else e.attempts end,
+            run_at = case
+                         when cur.next = 'retry' then v_now + pg_catalog.make_interval(
+                             secs => least(60.0, 15 * pg_catalog.power(2, cur.attempts - 1)))
+                         when cur.next = 'pending' then v_now
+                         else e.run_at end,
+            finished_at = case when cur.next in ('completed', 'failed', 'cancelled') then v_now end,
+            expires_at = case when cur.next in ('completed', 'failed', 'cancelled') then v_now + cur.keep end,
+            worker_id = null
+        from cur
+        where e.id = cur.id and not (cur.next in ('completed', 'failed', 'cancelled') and cur.keep = interval '0')
+        returning e.id
+    )
+    select (select pg_catalog.count(*) from removed) + (select pg_catalog.count(*) from updated),
+           (select pg_catalog.array_agg(distinct cur.queue) from cur where cur.next = 'pending'),
+           exists (select 1 from cur where cur.next in ('completed', 'failed', 'cancelled'))
+    into v_applied, v_released_queues, v_finished;
+
+    -- Released work is ready now: wake the queue's workers. Waiters on results re-check.
+    perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '') from pg_catalog.unnest(v_released_queues) q;
+    if v_finished then
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+    end if;
+    return v_applied;
+end;
+$$;
+comment on function pgconductor.report(uuid, jsonb) is
+    'Worker: apply buffered outcomes (completed, failed with retry/backoff, released) of many executions in one call.';
+
+-- Cancels an execution: pending or waiting -> cancelled at once (never runs);
+-- running -> flagged and its worker notified on channel pgconductor.cancel with
+-- payload '<id> <reason>' (the
+-- handler's signal is set; it ends cancelled unless it completes). Returns true if
+-- it was pending, waiting or running, false if finished or unknown.
+create function pgconductor.cancel(execution_id uuid, reason text default 'cancelled')
+returns boolean
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_now timestamptz := pgconductor.now();
+    v_status text;
+begin
+    if cancel.execution_id is null then
+        perform pgconductor._invalid('execution_id', 'must not be null', null);
+    end if;
+    select e.status into v_status from pgconductor._executions e where e.id = cancel.execution_id for update;
+    if v_status in ('pending', 'waiting') then
+        update pgconductor._executions e
+        set status = 'cancelled', finished_at = v_now, cancel_reason = coalesce(cancel.reason, 'cancelled'),
+            error = pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', coalesce(cancel.reason, 'cancelled')),
+            expires_at = pgconductor._expires_at(e.task_name, 'cancelled', v_now)
+        where e.id = cancel.execution_id;
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+        return true;
+    elsif v_status = 'running' then
+        update pgconductor._executions e
+        set cancel_reason = coalesce(e.cancel_reason, cancel.reason, 'cancelled')
+        where e.id = cancel.execution_id;
+        perform pg_catalog.pg_notify('pgconductor.cancel',
+            cancel.execution_id::text || ' ' || coalesce(cancel.reason, 'cancelled'));
+        return true;
+    end if;
+    return false;
+end;
+$$;
+comment on function pgconductor.cancel(uuid, text) is
+    'Cancel an execution: pending/waiting ends cancelled now; running is flagged and its worker told. False if already finished.';

@@ -1,0 +1,53 @@
+"""pgconductor: durable task execution inside Postgres."""
+
+from .conductor import EXTENSION_VERSION, Conductor
+from .context import AbortSignal, TaskContext, TaskEvent
+from .errors import (
+    Cancelled,
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExtensionNotAvailable,
+    FakeTimeNotAllowed,
+    InvalidInput,
+    InvalidResult,
+    NotSupported,
+    PgConductorError,
+    UnknownExecution,
+    UnknownTask,
+    WaitTimeout,
+)
+from .orchestrator import Orchestrator
+from .sql import ExecutionInfo, QueueStats
+from .task import Invocable, Task, TaskDefinition, define_task
+from .worker import Worker, WorkerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EXTENSION_VERSION",
+    "AbortSignal",
+    "Cancelled",
+    "Conductor",
+    "ExecutionCancelled",
+    "ExecutionFailed",
+    "ExecutionInfo",
+    "ExtensionNotAvailable",
+    "FakeTimeNotAllowed",
+    "InvalidInput",
+    "InvalidResult",
+    "Invocable",
+    "NotSupported",
+    "Orchestrator",
+    "PgConductorError",
+    "QueueStats",
+    "Task",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskEvent",
+    "UnknownExecution",
+    "UnknownTask",
+    "WaitTimeout",
+    "Worker",
+    "WorkerConfig",
+    "define_task",
+]

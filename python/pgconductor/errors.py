@@ -1,0 +1,93 @@
+"""Exceptions raised by pgconductor, and the one place SQLSTATEs become them."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+
+class PgConductorError(Exception):
+    """Base class of every pgconductor error."""
+
+
+class InvalidInput(PgConductorError, ValueError):
+    """Bad input refused before anything was written; `input` names it."""
+
+    def __init__(self, input: str, problem: str) -> None:
+        super().__init__(f"invalid {input}: {problem}")
+        self.input = input
+        self.problem = problem
+
+
+class UnknownTask(InvalidInput):
+    """A task name the Conductor does not know (it was given its task list)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__("task_name", f"unknown task {name!r}; known tasks: {sorted(known)}")
+        self.name = name
+
+
+class NotSupported(PgConductorError):
+    """The installed extension version does not support this yet (SQLSTATE 0A000)."""
+
+
+class FakeTimeNotAllowed(PgConductorError):
+    """Fake time was asked for in a database that does not allow it (SQLSTATE PGC02)."""
+
+
+class ExtensionNotAvailable(PgConductorError):
+    """The extension files are not installed on the Postgres server."""
+
+
+class UnknownExecution(PgConductorError, LookupError):
+    """No execution has this id (never existed, or removed by retention)."""
+
+
+class ExecutionFailed(PgConductorError):
+    """The execution ended failed; carries the stored error of its last attempt."""
+
+    def __init__(self, execution_id: UUID, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        self.execution_id = execution_id
+        self.error_type: str = str(error.get("type", "Error"))
+        self.error_message: str = str(error.get("message", ""))
+        self.traceback: str | None = error.get("traceback")
+        super().__init__(f"execution {execution_id} failed: {self.error_type}: {self.error_message}")
+
+
+class ExecutionCancelled(ExecutionFailed):
+    """The execution was cancelled; `error_message` is the reason."""
+
+
+class WaitTimeout(PgConductorError, TimeoutError):
+    """`wait_for` gave up before the execution finished (it keeps going)."""
+
+
+class InvalidResult(PgConductorError):
+    """A handler returned something that is not JSON or does not match `returns`."""
+
+
+class Cancelled(PgConductorError):
+    """Raised inside a handler whose execution was cancelled."""
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """Map a database error to the pgconductor exception users branch on."""
+    state = exc.sqlstate
+    diag = exc.diag
+    if state == "PGC01":
+        detail = diag.message_detail or ""
+        name = detail.split(" = ", 1)[0] if " = " in detail else "input"
+        message = diag.message_primary or str(exc)
+        problem = message.split(": ", 2)[-1]
+        err: Exception = InvalidInput(name, f"{problem} ({detail})" if detail else problem)
+    elif state == "PGC02":
+        err = FakeTimeNotAllowed(f"{diag.message_primary} ({diag.message_hint})")
+    elif state == "0A000":
+        err = NotSupported(f"{diag.message_primary} ({diag.message_detail})")
+    else:
+        return exc
+    err.__cause__ = exc
+    return err

@@ -1,0 +1,263 @@
+"""The Orchestrator: runs workers, and beside them the heartbeat, the wake-ups
+(LISTEN/NOTIFY), maintenance and signal handling of one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from . import sql
+from .conductor import Conductor
+from .errors import InvalidInput
+from .task import Task
+from .worker import BACKOFF_MAX_S, BACKOFF_START_S, Worker, WorkerConfig
+
+logger = logging.getLogger("pgconductor.orchestrator")
+
+
+class Orchestrator:
+    """Runs a process's workers until stopped (SIGTERM/SIGINT, `stop()`) or drained."""
+
+    def __init__(
+        self,
+        conductor: Conductor,
+        workers: list[Worker],
+        *,
+        lease_seconds: int,
+        heartbeat_interval_s: float,
+        maintenance_interval_s: float,
+        name: str,
+    ) -> None:
+        self.conductor = conductor
+        self.workers = workers
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.name = name
+        self._background: list[asyncio.Task[None]] = []
+        self._runs: list[asyncio.Task[None]] = []
+        self._stopped: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._signals = 0
+        self._state = "created"
+
+    @classmethod
+    def create(
+        cls,
+        conductor: Conductor,
+        tasks: Sequence[Task] | None = None,
+        workers: Sequence[Worker] | None = None,
+        default_worker: WorkerConfig | None = None,
+        *,
+        lease_seconds: int = 60,
+        heartbeat_interval_s: float = 1.0,
+        maintenance_interval_s: float = 60.0,
+        name: str | None = None,
+    ) -> Orchestrator:
+        """Workers for `tasks` (one per queue, with `default_worker` settings) plus `workers`.
+        With neither, every task registered on the Conductor runs."""
+        chosen = list(workers or [])
+        covered = {name for w in chosen for name in w.tasks}
+        if tasks is None and not chosen:
+            tasks = conductor.tasks
+        by_queue: dict[str, list[Task]] = {}
+        for task in tasks or ():
+            if not isinstance(task, Task):
+                raise InvalidInput("tasks", f"must hold tasks created by conductor.task, got {task!r}")
+            if task.name not in covered:
+                by_queue.setdefault(task.queue, []).append(task)
+        for queue, queue_tasks in by_queue.items():
+            chosen.append(conductor.create_worker(queue, queue_tasks, default_worker or WorkerConfig()))
+        if not chosen:
+            raise InvalidInput("tasks", "an Orchestrator needs at least one task or worker")
+        if type(lease_seconds) is not int or lease_seconds < 1:
+            raise InvalidInput("lease_seconds", f"must be a positive integer, got {lease_seconds!r}")
+        if heartbeat_interval_s <= 0 or heartbeat_interval_s * 2 > lease_seconds:
+            raise InvalidInput("heartbeat_interval_s", "must be positive and at most half the lease")
+        return cls(
+            conductor,
+            chosen,
+            lease_seconds=lease_seconds,
+            heartbeat_interval_s=heartbeat_interval_s,
+            maintenance_interval_s=maintenance_interval_s,
+            name=name or f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self, handle_signals: bool | None = None) -> None:
+        """Install/upgrade the extension if needed, register the workers, start everything."""
+        await self._start(drain=False, handle_signals=handle_signals)
+
+    async def _start(self, drain: bool, handle_signals: bool | None) -> None:
+        if self._state != "created":
+            raise InvalidInput("orchestrator", f"cannot start: it is {self._state}")
+        self._state = "running"
+        self._stopped = asyncio.get_running_loop().create_future()
+        await self.conductor.ensure_installed()
+        for worker in self.workers:
+            await self._register(worker)
+        await self._maintain()
+        listener_ready = asyncio.Event()
+        self._background = [
+            asyncio.create_task(self._listen(listener_ready)),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._maintenance_loop()),
+        ]
+        await listener_ready.wait()
+        self._runs = [asyncio.create_task(w.run(drain=drain)) for w in self.workers]
+        if handle_signals is None:
+            handle_signals = threading.current_thread() is threading.main_thread()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        logger.info(
+            "orchestrator started",
+            extra={"orchestrator": self.name, "workers": [w.info() for w in self.workers]},
+        )
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            logger.warning(
+                "second signal: exiting now; running executions return by lease", extra={"signal": sig.name}
+            )
+            os._exit(1)
+        logger.info("signal received: stopping gracefully", extra={"signal": sig.name})
+        self._stopping = asyncio.create_task(self.stop())
+
+    @property
+    def stopped(self) -> asyncio.Future[None]:
+        """Resolves when the orchestrator has fully stopped."""
+        if self._stopped is None:
+            raise InvalidInput("orchestrator", "not started")
+        return self._stopped
+
+    async def stop(self) -> None:
+        """Graceful stop: no more claims, handlers finish within the grace period, the rest is
+        released, every outcome flushed, workers unregistered."""
+        if self._state == "created":
+            return
+        if self._state == "stopping" or self._state == "stopped":
+            await self.stopped
+            return
+        self._state = "stopping"
+        for worker in self.workers:
+            worker.request_stop()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        async with self.conductor.connection() as conn:
+            for worker in self.workers:
+                await sql.unregister_worker(conn, worker.id)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        self._state = "stopped"
+        assert self._stopped is not None
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+        logger.info("orchestrator stopped", extra={"orchestrator": self.name})
+
+    async def drain(self) -> None:
+        """Run until no execution of these workers' tasks is ready, then stop (for tests)."""
+        await self._start(drain=True, handle_signals=False)
+        await asyncio.gather(*self._runs)
+        await self.stop()
+
+    def info(self) -> dict[str, Any]:
+        """State, name and per-worker counters."""
+        return {"name": self.name, "state": self._state, "workers": [w.info() for w in self.workers]}
+
+    # --- background duties -----------------------------------------------------------
+
+    async def _register(self, worker: Worker) -> None:
+        tasks = json.dumps([t.registration() for t in worker.tasks.values()])
+        async with self.conductor.connection() as conn:
+            await sql.register_worker(
+                conn, worker.id, f"{self.name}/{worker.name}", tasks, self.lease_seconds
+            )
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        """LISTEN on every worker queue's channel and on cancellations; wake on each."""
+        backoff = BACKOFF_START_S
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conductor.dsn, autocommit=True) as conn:
+                    by_channel: dict[str, list[Worker]] = {}
+                    for worker in self.workers:
+                        channel = await sql.queue_channel(conn, worker.queue)
+                        by_channel.setdefault(channel, []).append(worker)
+                    for channel in [*by_channel, sql.CANCEL_CHANNEL]:
+                        await sql.listen(conn, channel)
+                    backoff = BACKOFF_START_S
+                    ready.set()
+                    for worker in self.workers:  # anything missed while not listening
+                        worker.wake()
+                    async for note in conn.notifies():
+                        if note.channel == sql.CANCEL_CHANNEL:
+                            self._dispatch_cancel(note.payload)
+                        else:
+                            for worker in by_channel.get(note.channel, ()):
+                                worker.wake()
+            except psycopg.OperationalError as exc:
+                logger.warning(
+                    "listen connection lost; reconnecting", extra={"error": str(exc), "retry_in_s": backoff}
+                )
+                ready.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _dispatch_cancel(self, payload: str) -> None:
+        raw_id, _, reason = payload.partition(" ")
+        try:
+            execution_id = UUID(raw_id)
+        except ValueError:
+            return
+        for worker in self.workers:
+            worker.cancel_requested(execution_id, reason or "cancelled")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                async with self.conductor.connection() as conn:
+                    for worker in self.workers:
+                        cancelled = await sql.heartbeat(conn, worker.id)
+                        if cancelled is None:
+                            await self._register(worker)
+                            continue
+                        for execution_id in cancelled:
+                            worker.cancel_requested(execution_id, "cancelled")
+            except psycopg.OperationalError as exc:
+                logger.warning("heartbeat failed", extra={"error": str(exc)})
+
+    async def _maintain(self) -> None:
+        """One maintenance pass in bounded chunks, each its own transaction (skipped while
+        another process runs one)."""
+        more = True
+        while more:
+            async with self.conductor.connection() as conn:
+                more = bool((await sql.maintenance(conn, 1000)).get("more"))
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.maintenance_interval_s)
+            try:
+                await self._maintain()
+            except psycopg.OperationalError as exc:
+                logger.warning("maintenance failed", extra={"error": str(exc)})

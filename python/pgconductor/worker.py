@@ -1,0 +1,357 @@
+"""One worker: the claim -> run -> flush pipeline of a queue.
+
+Claims run on one connection, result flushes on another, so both overlap with the
+handlers. Outcomes are buffered as JSON fragments and written by one
+`pgconductor.report` call per flush. Nothing is dropped when a connection fails:
+calls are retried after a reconnect with backoff, and claims whose answer was lost
+are released by `pgconductor.release_orphans`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+
+from . import sql
+from .context import TaskContext, TaskEvent
+from .errors import InvalidInput
+from .task import Task
+
+if TYPE_CHECKING:
+    from .conductor import Conductor
+
+logger = logging.getLogger("pgconductor.worker")
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs: handlers at once, polling fallback, flush cadence, claim size."""
+
+    concurrency: int = 10
+    poll_interval_ms: int = 1000
+    flush_interval_ms: int = 50
+    fetch_batch_size: int | None = None  # default: concurrency
+    flush_batch_size: int = 500
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "poll_interval_ms", "flush_interval_ms", "flush_batch_size"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise InvalidInput(name, f"must be a positive integer, got {value!r}")
+        if self.fetch_batch_size is not None and (
+            type(self.fetch_batch_size) is not int or self.fetch_batch_size < 1
+        ):
+            raise InvalidInput(
+                "fetch_batch_size", f"must be a positive integer, got {self.fetch_batch_size!r}"
+            )
+        if not isinstance(self.shutdown_timeout_s, int | float) or self.shutdown_timeout_s < 0:
+            raise InvalidInput("shutdown_timeout_s", f"must be >= 0, got {self.shutdown_timeout_s!r}")
+
+
+def _error_json(exc: BaseException) -> str:
+    return json.dumps(
+        {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+    )
+
+
+class _Connection:
+    """A dedicated autocommit connection that is reopened with backoff after a failure."""
+
+    def __init__(self, dsn: str, role: str) -> None:
+        self._dsn = dsn
+        self._role = role
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._backoff = BACKOFF_START_S
+        self.lost = False
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        return self._conn
+
+    async def failed(self, exc: BaseException) -> None:
+        """Forget the connection and wait before the next try."""
+        self.lost = True
+        logger.warning(
+            "database connection lost; retrying",
+            extra={"connection": self._role, "error": str(exc), "retry_in_s": self._backoff},
+        )
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+
+    def succeeded(self) -> None:
+        self._backoff = BACKOFF_START_S
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class Worker:
+    """Runs the tasks of one queue: create it with `Conductor.create_worker`, run it with an
+    `Orchestrator`."""
+
+    def __init__(
+        self,
+        conductor: Conductor,
+        queue: str,
+        tasks: list[Task],
+        config: WorkerConfig,
+        name: str | None = None,
+    ) -> None:
+        self.id: UUID = uuid.uuid4()
+        self.conductor = conductor
+        self.queue = queue
+        self.tasks: dict[str, Task] = {t.name: t for t in tasks}
+        self.config = config
+        self.name = name or f"{queue}-{self.id.hex[:8]}"
+        self._batch = min(config.fetch_batch_size or config.concurrency, config.concurrency)
+        self._task_names = sorted(self.tasks)
+        self._running: dict[UUID, tuple[asyncio.Task[None], TaskContext]] = {}
+        self._unreported: set[UUID] = set()
+        self._buffer: list[tuple[UUID, str]] = []
+        self._kick = asyncio.Event()
+        self._flush_wake = asyncio.Event()
+        self._stopping = False
+        self._closing = False
+        self._idle = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.claimed = self.completed = self.failed = self.released = 0
+
+    # --- signals from the orchestrator -------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be ready (NOTIFY, reconnect): claim now."""
+        self._kick.set()
+
+    def request_stop(self) -> None:
+        """Stop claiming; running handlers get the shutdown grace period."""
+        self._stopping = True
+        self._kick.set()
+
+    def cancel_requested(self, execution_id: UUID, reason: str) -> None:
+        """Set the signal of a running execution whose cancellation was requested."""
+        running = self._running.get(execution_id)
+        if running is not None:
+            running[1].signal.abort(reason)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "queue": self.queue,
+            "tasks": self._task_names,
+            "running": len(self._running),
+            "buffered": len(self._buffer),
+            "claimed": self.claimed,
+            "completed": self.completed,
+            "failed": self.failed,
+            "released": self.released,
+        }
+
+    # --- the pipeline --------------------------------------------------------------
+
+    async def run(self, drain: bool = False) -> None:
+        """Claim and run until stopped (or, with drain, until nothing is ready); then let
+        handlers finish within the grace period, release the rest and flush everything."""
+        self._claim_conn = _Connection(self.conductor.dsn, "claim")
+        self._flush_conn = _Connection(self.conductor.dsn, "flush")
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            await self._claim_loop(drain)
+            await self._finish_running()
+        finally:
+            self._closing = True
+            self._flush_wake.set()
+            await flusher
+            await self._claim_conn.close()
+            await self._flush_conn.close()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _claim_loop(self, drain: bool) -> None:
+        concurrency = self.config.concurrency
+        threshold = max(1, self._batch // 4)
+        poll_s = self.config.poll_interval_ms / 1000
+        while not self._stopping:
+            free = concurrency - len(self._running)
+            if free < threshold:
+                self._idle = False
+                await self._wait_kick(poll_s)
+                continue
+            limit = min(free, self._batch)
+            self._kick.clear()
+            rows = await self._claim(limit)
+            for row in rows:
+                self._start(row)
+            if len(rows) == limit:
+                continue
+            self._idle = True
+            if drain and not rows and not self._running:
+                if await self._drained():
+                    return
+                continue
+            await self._wait_kick(poll_s)
+
+    async def _wait_kick(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._kick.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _drained(self) -> bool:
+        """True when, after flushing every outcome, a claim still finds nothing ready."""
+        while self._buffer or self._unreported:
+            self._flush_wake.set()
+            await asyncio.sleep(0.005)
+        rows = await self._claim(self._batch)
+        for row in rows:
+            self._start(row)
+        return not rows and not self._running
+
+    async def _claim(self, limit: int) -> list[sql.ClaimedExecution]:
+        try:
+            conn = await self._claim_conn.get()
+            if self._claim_conn.lost:
+                await sql.release_orphans(conn, self.id, list(self._unreported))
+                self._claim_conn.lost = False
+            rows = await sql.claim(conn, self.id, self.queue, self._task_names, limit)
+        except psycopg.OperationalError as exc:
+            await self._claim_conn.failed(exc)
+            return []
+        self._claim_conn.succeeded()
+        self.claimed += len(rows)
+        return rows
+
+    def _start(self, row: sql.ClaimedExecution) -> None:
+        task = self.tasks[row.task_name]
+        ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context)
+        self._unreported.add(row.id)
+        self._running[row.id] = (asyncio.create_task(self._execute(task, row, ctx)), ctx)
+
+    async def _execute(self, task: Task, row: sql.ClaimedExecution, ctx: TaskContext) -> None:
+        started = time.monotonic()
+        head = f'{{"id":"{row.id}","attempt":{row.attempt},"outcome":'
+        try:
+            event = TaskEvent(row.event_name, task.definition.parse_payload(row.payload))
+            if task.is_async:
+                result = await task.handler(event, ctx)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._thread_pool(), task.handler, event, ctx
+                )
+            fragment = f'{head}"completed","result":{task.definition.dump_result(result)}}}'
+            self.completed += 1
+        except asyncio.CancelledError:
+            fragment = f'{head}"released"}}'
+            self.released += 1
+        except Exception as exc:
+            fragment = f'{head}"failed","error":{_error_json(exc)}}}'
+            self.failed += 1
+            logger.warning(
+                "execution failed: %s: %s",
+                type(exc).__name__,
+                exc,
+                extra={
+                    "task": row.task_name,
+                    "execution_id": str(row.id),
+                    "attempt": row.attempt,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                },
+            )
+        else:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "execution completed",
+                    extra={
+                        "task": row.task_name,
+                        "execution_id": str(row.id),
+                        "attempt": row.attempt,
+                        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                    },
+                )
+        del self._running[row.id]
+        self._buffer.append((row.id, fragment))
+        if not self._running or len(self._buffer) >= self.config.flush_batch_size:
+            self._flush_wake.set()
+        if not self._idle or not self._running:
+            self._kick.set()
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.concurrency, thread_name_prefix=f"pgconductor-{self.queue}"
+            )
+        return self._executor
+
+    async def _finish_running(self) -> None:
+        """Give running handlers the grace period, then cancel them (they report released)."""
+        if self._running:
+            pending = [t for t, _ in self._running.values()]
+            for _, ctx in self._running.values():
+                ctx.signal.abort("worker stopping")
+            _, late = await asyncio.wait(pending, timeout=self.config.shutdown_timeout_s)
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    # --- flushing ------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.flush_interval_ms / 1000
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._flush_wake.clear()
+                await self._flush_wake.wait()
+                continue
+            if not self._closing and self._running and len(self._buffer) < self.config.flush_batch_size:
+                self._flush_wake.clear()
+                try:
+                    await asyncio.wait_for(self._flush_wake.wait(), interval)
+                except TimeoutError:
+                    pass
+            batch, self._buffer = self._buffer, []
+            await self._report(batch)
+
+    async def _report(self, batch: list[tuple[UUID, str]]) -> None:
+        payload = "[" + ",".join(fragment for _, fragment in batch) + "]"
+        while True:
+            try:
+                conn = await self._flush_conn.get()
+                await sql.report(conn, self.id, payload)
+            except psycopg.OperationalError as exc:
+                await self._flush_conn.failed(exc)
+                continue
+            except psycopg.Error as exc:
+                logger.error("report refused; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(BACKOFF_MAX_S)
+                continue
+            self._flush_conn.succeeded()
+            self._flush_conn.lost = False
+            break
+        for execution_id, _ in batch:
+            self._unreported.discard(execution_id)
