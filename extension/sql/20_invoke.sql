@@ -81,7 +81,8 @@ $$;
 -- Enqueues one validated execution applying the dedupe rules of SPEC §3:
 -- a pending one with the key is replaced; one in progress (running/waiting) gets a
 -- new pending successor; a finished one is returned as is. Calls with the same key
--- are serialized by a transaction advisory lock. Does not notify.
+-- are serialized by a transaction advisory lock. p_seq fixes the insertion order (bulk
+-- calls); a replaced pending execution keeps its place. Does not notify.
 create function pgconductor._enqueue(
     p_task_name text,
     p_queue text,
@@ -89,7 +90,8 @@ create function pgconductor._enqueue(
     p_dedupe_key text,
     p_priority int,
     p_run_at timestamptz,
-    p_now timestamptz
+    p_now timestamptz,
+    p_seq bigint default null
 )
 returns uuid
 language plpgsql
@@ -133,9 +135,10 @@ begin
     end if;
 
     insert into pgconductor._executions
-        (task_name, queue, payload, priority, run_at, created_at, dedupe_key)
+        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key)
     values
-        (p_task_name, p_queue, p_payload, p_priority, coalesce(p_run_at, p_now), p_now, p_dedupe_key)
+        (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
+         p_priority, coalesce(p_run_at, p_now), p_now, p_dedupe_key)
     returning id into v_id;
     return v_id;
 end;
@@ -179,6 +182,7 @@ comment on function pgconductor.invoke(text, jsonb, text, text, int, timestamptz
 create type pgconductor._invoke_item as (
     ord bigint,
     id uuid,
+    seq bigint,
     payload jsonb,
     dedupe_key text,
     priority int,
@@ -187,6 +191,26 @@ create type pgconductor._invoke_item as (
     debounce_seconds int,
     debounce_max_wait_seconds int
 );
+
+-- True when every typed value of an invoke_many item casts (priority and flow-control
+-- seconds to int, run_at to timestamptz). Used only to name the bad item in an error.
+create function pgconductor._item_castable(p_item jsonb)
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    perform (p_item ->> 'priority')::int, (p_item ->> 'run_at')::timestamptz,
+            (p_item ->> 'throttle_seconds')::int, (p_item ->> 'debounce_seconds')::int,
+            (p_item ->> 'debounce_max_wait_seconds')::int;
+    return true;
+exception
+    when invalid_text_representation or invalid_datetime_format or datetime_field_overflow
+         or numeric_value_out_of_range then
+        return false;
+end;
+$$;
 
 -- Parses and validates the items of invoke_many; raises PGC01 naming the first bad item.
 create function pgconductor._parse_items(p_items jsonb)
@@ -226,7 +250,7 @@ begin
     end if;
 
     begin
-        select pg_catalog.array_agg(row(r.ord, null, coalesce(r.payload, '{}'), r.dedupe_key,
+        select pg_catalog.array_agg(row(r.ord, null, null, coalesce(r.payload, '{}'), r.dedupe_key,
                    coalesce(r.priority, 0), r.run_at, r.throttle_seconds, r.debounce_seconds,
                    r.debounce_max_wait_seconds)::pgconductor._invoke_item order by r.ord)
         into v_items
@@ -238,7 +262,13 @@ begin
     exception
         when invalid_text_representation or invalid_datetime_format or datetime_field_overflow
              or numeric_value_out_of_range then
-            perform pgconductor._invalid('items', 'a value has the wrong type: ' || sqlerrm, null);
+            -- Error path only: find the first item whose values do not cast.
+            select e.ord, e.v into v_bad
+            from pg_catalog.jsonb_array_elements(p_items) with ordinality as e(v, ord)
+            where not pgconductor._item_castable(e.v)
+            order by e.ord limit 1;
+            perform pgconductor._invalid(format('items[%s]', coalesce(v_bad.ord - 1, 0)),
+                'a value has the wrong type: ' || sqlerrm, v_bad.v::text);
     end;
 
     -- Flow-control options need the full check; plain items passed the shape check above.
@@ -275,20 +305,20 @@ begin
     v_queue := pgconductor._task_queue(invoke_many.task_name, invoke_many.queue);
     v_items := pgconductor._parse_items(invoke_many.items);
 
-    -- Plain items: one insert, ids chosen here so they map back to item order.
-    select pg_catalog.array_agg(row(i.ord, case when i.dedupe_key is null then pg_catalog.gen_random_uuid() end,
-               i.payload, i.dedupe_key, i.priority, i.run_at, i.throttle_seconds, i.debounce_seconds,
-               i.debounce_max_wait_seconds)::pgconductor._invoke_item order by i.ord)
+    -- Insertion order (seq) follows item order for plain and keyed items alike; plain
+    -- items get their ids here so they map back to item order after one insert.
+    select pg_catalog.array_agg(row(s.ord, case when s.dedupe_key is null then pg_catalog.gen_random_uuid() end,
+               pg_catalog.nextval('pgconductor._executions_seq'), s.payload, s.dedupe_key, s.priority, s.run_at,
+               s.throttle_seconds, s.debounce_seconds, s.debounce_max_wait_seconds)::pgconductor._invoke_item)
     into v_items
-    from pg_catalog.unnest(v_items) i;
+    from (select * from pg_catalog.unnest(v_items) i order by i.ord) s;
 
     insert into pgconductor._executions
-        (id, task_name, queue, payload, priority, run_at, created_at)
-    select i.id, invoke_many.task_name, v_queue, i.payload, i.priority,
+        (id, seq, task_name, queue, payload, priority, run_at, created_at)
+    select i.id, i.seq, invoke_many.task_name, v_queue, i.payload, i.priority,
            coalesce(i.run_at, v_now), v_now
     from pg_catalog.unnest(v_items) i
-    where i.id is not null
-    order by i.ord;
+    where i.id is not null;
 
     -- Keyed items: the last item of each key wins, in the order of those last items.
     for v_last in
@@ -300,7 +330,8 @@ begin
         order by l.ord
     loop
         v_keys := v_keys || v_last.dedupe_key;
-        v_ids := v_ids || pgconductor._enqueue(invoke_many.task_name, v_queue, v_last.payload, v_last.dedupe_key, v_last.priority, v_last.run_at, v_now);
+        v_ids := v_ids || pgconductor._enqueue(invoke_many.task_name, v_queue, v_last.payload,
+            v_last.dedupe_key, v_last.priority, v_last.run_at, v_now, v_last.seq);
     end loop;
 
     if pg_catalog.cardinality(v_items) > 0 then

@@ -42,6 +42,9 @@ begin
             perform pgconductor._invalid(v_prefix || 'name', 'must be a non-empty string', (v_task -> 'name')::text);
         end if;
         perform pgconductor._check_name(v_prefix || 'name', v_task ->> 'name', 200);
+        if exists (select 1 from pg_catalog.unnest(v_rows) r where r.name = v_task ->> 'name') then
+            perform pgconductor._invalid(v_prefix || 'name', 'is declared twice', v_task ->> 'name');
+        end if;
         perform pgconductor._check_name(v_prefix || 'queue', coalesce(v_task ->> 'queue', 'default'), 48);
         if v_task ? 'max_attempts' and (pg_catalog.jsonb_typeof(v_task -> 'max_attempts') <> 'number'
                 or (v_task ->> 'max_attempts')::numeric <> pg_catalog.trunc((v_task ->> 'max_attempts')::numeric)
@@ -115,19 +118,27 @@ as $$
 declare
     v_now timestamptz := pgconductor.now();
     v_queues text[];
+    v_finished boolean;
 begin
     with released as (
         update pgconductor._executions e
         set status = case when e.cancel_reason is not null then 'cancelled' else 'pending' end,
             attempts = case when e.cancel_reason is not null then e.attempts else e.attempts - 1 end,
             finished_at = case when e.cancel_reason is not null then v_now end,
+            error = case when e.cancel_reason is not null
+                         then pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', e.cancel_reason)
+                         else e.error end,
             expires_at = case when e.cancel_reason is not null
                               then pgconductor._expires_at(e.task_name, 'cancelled', v_now) end,
             worker_id = null
         where e.worker_id = p_worker_id and e.status = 'running'
-        returning e.queue
+        returning e.queue, e.status
     )
-    select pg_catalog.array_agg(r.queue) into v_queues from released r;
+    select pg_catalog.array_agg(r.queue), pg_catalog.bool_or(r.status = 'cancelled')
+    into v_queues, v_finished from released r;
+    if v_finished then
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+    end if;
     perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '')
     from pg_catalog.unnest(v_queues) q;
     delete from pgconductor._workers w where w.id = p_worker_id;
@@ -138,7 +149,8 @@ comment on function pgconductor.unregister_worker(uuid) is
     'Remove a cleanly stopped worker; anything it still held returns to pending without counting an attempt.';
 
 -- Releases the running executions a worker holds but does not know about (a claim
--- whose answer was lost with the connection): pending again, attempt not counted.
+-- whose answer was lost with the connection): pending again, attempt not counted
+-- (cancelled instead when a cancel was requested).
 -- p_held lists every execution the worker still runs or has yet to report.
 create function pgconductor.release_orphans(p_worker_id uuid, p_held uuid[])
 returns int
@@ -151,9 +163,17 @@ declare
 begin
     with orphans as (
         update pgconductor._executions e
-        set status = 'pending', attempts = e.attempts - 1, worker_id = null
+        set status = case when e.cancel_reason is not null then 'cancelled' else 'pending' end,
+            attempts = case when e.cancel_reason is not null then e.attempts else e.attempts - 1 end,
+            finished_at = case when e.cancel_reason is not null then pgconductor.now() end,
+            error = case when e.cancel_reason is not null
+                         then pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', e.cancel_reason)
+                         else e.error end,
+            expires_at = case when e.cancel_reason is not null
+                              then pgconductor._expires_at(e.task_name, 'cancelled', pgconductor.now()) end,
+            worker_id = null
         where e.worker_id = p_worker_id and e.status = 'running'
-          and e.id <> all (coalesce(p_held, '{}'))
+          and not (e.id = any (pg_catalog.array_remove(coalesce(p_held, '{}'), null)))
         returning e.queue
     )
     select pg_catalog.array_agg(o.queue) into v_queues from orphans o;

@@ -27,6 +27,9 @@ as $$
 declare
     v_now timestamptz := pgconductor.now();
 begin
+    if p_limit is null or p_limit < 1 then
+        perform pgconductor._invalid('limit', 'must be a positive integer', p_limit::text);
+    end if;
     return query
     with picked as (
         select e.id

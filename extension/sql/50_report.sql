@@ -30,7 +30,9 @@ begin
        or (e.v ->> 'outcome') is null
        or (e.v ->> 'outcome') not in ('completed', 'failed', 'released')
        or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
+       or (e.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
        or pg_catalog.jsonb_typeof(e.v -> 'attempt') is distinct from 'number'
+       or (e.v ->> 'attempt') !~ '^[0-9]{1,9}$'
     order by e.ord limit 1;
     if found then
         perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),
@@ -85,7 +87,8 @@ begin
             expires_at = case when cur.next in ('completed', 'failed', 'cancelled') then v_now + cur.keep end,
             worker_id = null
         from cur
-        where e.id = cur.id and not (cur.next in ('completed', 'failed', 'cancelled') and cur.keep = interval '0')
+        where e.id = cur.id
+          and not coalesce(cur.next in ('completed', 'failed', 'cancelled') and cur.keep = interval '0', false)
         returning e.id
     )
     select (select pg_catalog.count(*) from removed) + (select pg_catalog.count(*) from updated),
@@ -118,6 +121,7 @@ as $$
 declare
     v_now timestamptz := pgconductor.now();
     v_status text;
+    v_reason text;
 begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
@@ -134,9 +138,9 @@ begin
     elsif v_status = 'running' then
         update pgconductor._executions e
         set cancel_reason = coalesce(e.cancel_reason, cancel.reason, 'cancelled')
-        where e.id = cancel.execution_id;
-        perform pg_catalog.pg_notify('pgconductor.cancel',
-            cancel.execution_id::text || ' ' || coalesce(cancel.reason, 'cancelled'));
+        where e.id = cancel.execution_id
+        returning e.cancel_reason into v_reason;
+        perform pg_catalog.pg_notify('pgconductor.cancel', cancel.execution_id::text || ' ' || v_reason);
         return true;
     end if;
     return false;

@@ -12,6 +12,7 @@ as $$
 declare
     v_count int;
     v_queues text[];
+    v_finished boolean;
 begin
     with expired as (
         select e.id,
@@ -43,11 +44,15 @@ begin
         where e.id = x.id
         returning e.queue, e.status
     )
-    select pg_catalog.count(*), pg_catalog.array_agg(distinct l.queue) filter (where l.status = 'pending')
-    into v_count, v_queues
+    select pg_catalog.count(*), pg_catalog.array_agg(distinct l.queue) filter (where l.status = 'pending'),
+           coalesce(pg_catalog.bool_or(l.status <> 'pending'), false)
+    into v_count, v_queues, v_finished
     from lost l;
 
     delete from pgconductor._workers w where w.last_seen_at < p_now - w.lease;
+    if v_finished then
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+    end if;
     perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '') from pg_catalog.unnest(v_queues) q;
     return v_count;
 end;

@@ -110,7 +110,10 @@ class Conductor:
             raise InvalidInput("dsn", "give a dsn or an existing AsyncConnectionPool")
         self._dsn = dsn
         self._own_pool = pool is None
-        self._pool = pool or AsyncConnectionPool(dsn or "", min_size=1, max_size=10, open=False)
+        # check_connection: a connection broken by a server restart is replaced, not handed out.
+        self._pool = pool or AsyncConnectionPool(
+            dsn or "", min_size=1, max_size=10, open=False, check=AsyncConnectionPool.check_connection
+        )
         self._pool_opened = not self._own_pool
         self._pool_lock = asyncio.Lock()
         self._sync_pool: ConnectionPool | None = None
@@ -197,7 +200,9 @@ class Conductor:
             yield conn
             return
         if self._sync_pool is None:
-            self._sync_pool = ConnectionPool(self.dsn, min_size=1, max_size=4, open=True)
+            self._sync_pool = ConnectionPool(
+                self.dsn, min_size=1, max_size=4, open=True, check=ConnectionPool.check_connection
+            )
         with self._sync_pool.connection() as pooled:
             yield pooled
 
@@ -363,6 +368,10 @@ class Conductor:
             unknown = item.keys() - ITEM_KEYS
             if unknown:
                 raise InvalidInput(f"items[{index}]", f"has unknown keys {sorted(unknown)}")
+            if "priority" in item and item["priority"] is not None:
+                _check_int(f"items[{index}].priority", item["priority"])
+            if isinstance(item.get("run_at"), datetime):
+                _check_run_at(f"items[{index}].run_at", item["run_at"])
             if "throttle" in item or "debounce" in item or definition.payload is not None:
                 item = dict(item)
                 throttle_s, debounce_s, max_wait_s = _flow_control(

@@ -154,24 +154,39 @@ class Orchestrator:
             await self.stopped
             return
         self._state = "stopping"
-        for worker in self.workers:
-            worker.request_stop()
-        await asyncio.gather(*self._runs, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        async with self.conductor.connection() as conn:
+        try:
             for worker in self.workers:
-                await sql.unregister_worker(conn, worker.id)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        self._state = "stopped"
-        assert self._stopped is not None
-        if not self._stopped.done():
-            self._stopped.set_result(None)
-        logger.info("orchestrator stopped", extra={"orchestrator": self.name})
+                worker.request_stop()
+            await asyncio.gather(*self._runs, return_exceptions=True)
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self._unregister()
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._state = "stopped"
+            assert self._stopped is not None
+            if not self._stopped.done():
+                self._stopped.set_result(None)
+            logger.info("orchestrator stopped", extra={"orchestrator": self.name})
+
+    async def _unregister(self) -> None:
+        """Remove the workers' rows, retrying through a reconnect for a few seconds; if the
+        database stays away, lease recovery returns anything they still held."""
+        backoff = BACKOFF_START_S
+        for attempt in range(6):
+            try:
+                async with self.conductor.connection() as conn:
+                    for worker in self.workers:
+                        await sql.unregister_worker(conn, worker.id)
+                return
+            except psycopg.OperationalError as exc:
+                logger.warning("unregister failed; retrying", extra={"error": str(exc), "attempt": attempt})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def drain(self) -> None:
         """Run until no execution of these workers' tasks is ready, then stop (for tests)."""

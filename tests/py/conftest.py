@@ -25,7 +25,7 @@ HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = int(os.environ.get("PGPORT", "5432"))
 USER = os.environ.get("PGUSER", getpass.getuser())
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-TEMPLATE = f"pgconductor_tmpl_{WORKER}"
+TEMPLATE = f"pgconductor_tmpl_{WORKER}_{os.getpid()}"
 _counter = itertools.count()
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,8 +36,13 @@ def dsn_for(dbname: str) -> str:
 
 def _janitor(dbname: str, template: str | None = None, as_template: bool = False) -> DatabaseJanitor:
     return DatabaseJanitor(
-        user=USER, host=HOST, port=PORT, dbname=dbname, template_dbname=template,
-        as_template=as_template, password=None,
+        user=USER,
+        host=HOST,
+        port=PORT,
+        dbname=dbname,
+        template_dbname=template,
+        as_template=as_template,
+        password=None,
     )
 
 
@@ -92,5 +97,8 @@ def spawn_worker(dsn: str, target: str, *extra_env: tuple[str, str]) -> subproce
     env = {**os.environ, "PGCONDUCTOR_DSN": dsn, "PYTHONPATH": str(ROOT), **dict(extra_env)}
     return subprocess.Popen(
         [sys.executable, "-m", "pgconductor", "worker", f"tests.py.apps.{target}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )

@@ -41,6 +41,12 @@ select pgconductor.invoke('registered', '{"n": 2}', queue => 'urgent') is not nu
 select queue, max_attempts from pgconductor.executions
 where task_name = 'registered' and payload = '{"n": 2}';
 
+-- max_attempts is the task's registered value when it matters, not a copy:
+-- registering the task again changes it for executions that already exist
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
+    '[{"name": "registered", "queue": "emails", "max_attempts": 2}]');
+select payload, max_attempts from pgconductor.executions where task_name = 'registered' order by payload ->> 'n';
+
 -- an explicit queue for an unregistered task; max_attempts stays 3
 select pgconductor.invoke('plain', '{"n": 3}', queue => 'reports') is not null as has_id;
 select queue, max_attempts from pgconductor.executions where payload = '{"n": 3}';

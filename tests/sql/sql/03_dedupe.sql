@@ -148,3 +148,10 @@ select status, payload from pgconductor.executions where dedupe_key = 'a' order 
 -- an empty array enqueues nothing and returns no ids
 select count(*) as ids from pgconductor.invoke_many('bulk', '[]');
 select count(*) as rows from pgconductor._executions where task_name = 'bulk';
+
+-- keyed and plain items of one call are inserted in item order (ties run in that order)
+truncate pgconductor._executions cascade;
+select count(*) from pgconductor.invoke_many('ordered',
+    '[{"dedupe_key": "a", "payload": {"n": 0}}, {"payload": {"n": 1}}, {"dedupe_key": "b", "payload": {"n": 2}}, {"payload": {"n": 3}}]');
+select pg_catalog.array_agg((payload ->> 'n')::int order by seq) as insertion_order
+from pgconductor._executions where task_name = 'ordered';

@@ -178,3 +178,22 @@ end;
 $$;
 -- the valid report in the refused call was not applied
 select status from pgconductor.executions where id = :'id';
+
+---------------------------------------------------------------- keep forever
+-- a task that keeps finished rows forever (remove_on_complete false) still completes
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
+    '[{"name": "kept", "remove_on_complete": false, "remove_on_fail": false, "max_attempts": 1}]');
+select pgconductor.invoke('kept', '{"n": 1}') as id \gset
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+\set outcome completed
+\set result '{"kept": true}'
+select pgconductor.report('00000000-0000-0000-0000-000000000001', :rep) as applied;
+-- completed, never expires
+select status, result, expires_at is null as forever from pgconductor.executions where id = :'id';
+-- a final failure of such a task ends failed, also kept forever
+select pgconductor.invoke('kept', '{"n": 2}') as id \gset
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+\set outcome failed
+\set error '{"type": "E", "message": "x"}'
+select pgconductor.report('00000000-0000-0000-0000-000000000001', :rep) as applied;
+select status, error ->> 'type' as type, expires_at is null as forever from pgconductor.executions where id = :'id';

@@ -82,6 +82,28 @@ select count(*) as workers from pgconductor._workers;
 -- unregistering an unknown worker is harmless
 select pgconductor.unregister_worker('00000000-0000-0000-0000-0000000000ff') as released;
 
+---------------------------------------------------------------- release_orphans
+-- after a lost connection a worker releases what it holds but never received:
+-- every running execution of that worker not in p_held goes back to pending,
+-- the attempt not counted; the ones it holds stay running
+truncate pgconductor._executions cascade;
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[{"name": "job"}]');
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000002', 'w2', '[{"name": "job"}]');
+select pgconductor.invoke('job', '{"n": 1}') as id \gset
+select pgconductor.invoke('job', '{"n": 2}') is not null as ok;
+select pgconductor.invoke('job', '{"n": 3}') is not null as ok;
+select pgconductor.invoke('job', '{"n": 4}') is not null as ok;
+select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', p_limit => 3);
+select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default', p_limit => 3);
+select pgconductor.release_orphans('00000000-0000-0000-0000-000000000001', array[:'id'::uuid]) as released;
+-- n1 (held) still running; n2, n3 pending with no attempt counted; w2's n4 untouched
+select payload ->> 'n' as n, status, attempts, worker_id from pgconductor.executions order by 1;
+-- nothing left to release; a null list releases everything the worker holds
+select pgconductor.release_orphans('00000000-0000-0000-0000-000000000001', array[:'id'::uuid]) as released;
+select pgconductor.release_orphans('00000000-0000-0000-0000-000000000001', null) as released;
+select payload ->> 'n' as n, status, attempts from pgconductor.executions order by 1;
+delete from pgconductor._workers;
+
 ---------------------------------------------------------------- retention
 truncate pgconductor._executions cascade;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
@@ -152,3 +174,14 @@ select count(*) as rows_left from pgconductor._executions;
 -- a non-positive chunk is invalid input (PGC01)
 select pgconductor.maintenance(0);
 select pgconductor.maintenance(null);
+
+-- release_orphans ends a cancel-requested orphan cancelled (it must not run again),
+-- and a null in the held list does not stop the release of the others
+truncate pgconductor._executions cascade;
+select pgconductor.invoke('job') as id \gset
+select pgconductor.invoke('job') as id2 \gset
+select count(*) from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 2);
+select pgconductor.cancel(:'id', 'stop it') as cancel_requested;
+select pgconductor.release_orphans('00000000-0000-0000-0000-000000000001', array[null]::uuid[]) as released;
+select id = :'id' as is_cancelled_one, status, attempts, error ->> 'type' as type
+from pgconductor.executions order by status;

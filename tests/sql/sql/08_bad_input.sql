@@ -175,3 +175,11 @@ select * from pg_temp.error_of($$select pgconductor.set_fake_time(null)$$);
 
 -- after all of the above, nothing was written
 select pg_temp.written() = :'before' as nothing_written;
+
+-- register_worker: one task declared twice
+select code, message from pg_temp.error_of($$select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "a"}, {"name": "a"}]')$$);
+-- report: an id that is not a uuid, a fractional attempt
+select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "nope", "attempt": 1, "outcome": "completed"}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1.5, "outcome": "completed"}]')$$);
+-- claim: limit must be positive
+select code, message from pg_temp.error_of($$select * from pgconductor.claim(gen_random_uuid(), 'default', null, null)$$);

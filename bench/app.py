@@ -1,0 +1,35 @@
+"""Worker application for the benchmarks, started as its own process:
+`pgconductor worker bench.app:orchestrator`. Settings come from the environment."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pgconductor import Conductor, Orchestrator, WorkerConfig
+
+
+def orchestrator() -> Orchestrator:
+    conductor = Conductor.create(os.environ["PGCONDUCTOR_DSN"])
+    starts_path = os.environ.get("BENCH_STARTS_FILE")
+    starts = open(starts_path, "a", buffering=1) if starts_path else None
+
+    @conductor.task("noop", remove_on_complete=False)
+    async def noop(event: Any, ctx: Any) -> None:
+        return None
+
+    @conductor.task("probe", remove_on_complete=False)
+    async def probe(event: Any, ctx: Any) -> None:
+        # Latency probe: record when the handler started, in wall-clock time.
+        assert starts is not None
+        starts.write(f"{ctx.execution_id} {time.time()}\n")
+
+    config = WorkerConfig(
+        concurrency=int(os.environ.get("BENCH_CONCURRENCY", "1000")),
+        fetch_batch_size=int(os.environ.get("BENCH_FETCH", "500")),
+        flush_batch_size=int(os.environ.get("BENCH_FLUSH_BATCH", "1000")),
+        flush_interval_ms=int(os.environ.get("BENCH_FLUSH_MS", "50")),
+        poll_interval_ms=int(os.environ.get("BENCH_POLL_MS", "1000")),
+    )
+    return Orchestrator.create(conductor, default_worker=config)

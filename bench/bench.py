@@ -1,0 +1,190 @@
+"""pgconductor benchmarks: one JSON line per measurement, with its parameters.
+
+    python bench/bench.py [--only enqueue,throughput,latency] [--dsn ...]
+
+Runs against a fresh database `pgconductor_bench` on the local server. Workers run
+as separate processes (`pgconductor worker bench.app:orchestrator`), one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgconductor import Conductor
+
+ROOT = Path(__file__).resolve().parents[1]
+DB = "pgconductor_bench"
+
+
+def emit(name: str, params: dict[str, Any], **results: Any) -> None:
+    print(json.dumps({"bench": name, "params": params, **results}), flush=True)
+
+
+def server_dsn(args: argparse.Namespace, db: str) -> str:
+    return f"{args.dsn.rstrip('/')}/{db}"
+
+
+def fresh_database(args: argparse.Namespace) -> str:
+    with psycopg.connect(server_dsn(args, "postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
+        conn.execute(f"create database {DB}")
+    dsn = server_dsn(args, DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create extension pgconductor")
+    return dsn
+
+
+def start_worker(dsn: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgconductor", "--log-level", "WARNING", "worker", "bench.app:orchestrator"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PGCONDUCTOR_DSN": dsn, **env},
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def bench_enqueue(dsn: str, count: int) -> None:
+    items = [{"payload": {"n": n}} for n in range(count)]
+    async with Conductor.create(dsn) as conductor:
+        await conductor.invoke_many("noop", items[:100])  # warm up the connection and plans
+        started = time.perf_counter()
+        ids = await conductor.invoke_many("noop", items)
+        elapsed = time.perf_counter() - started
+    assert len(ids) == count
+    emit(
+        "bulk_enqueue",
+        {"executions": count, "calls": 1, "api": "Conductor.invoke_many"},
+        seconds=round(elapsed, 3),
+        executions_per_s=round(count / elapsed),
+    )
+
+
+def bench_throughput(dsn: str, count: int, env: dict[str, str]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("truncate pgconductor._executions cascade")
+        conn.execute(
+            "select count(*) from pgconductor.invoke_many('noop', "
+            "(select jsonb_agg(jsonb_build_object('payload', jsonb_build_object('n', g))) "
+            "from generate_series(1, %s) g))",
+            (count,),
+        )
+        conn.execute("vacuum analyze pgconductor._executions")
+        proc = start_worker(dsn, **env)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "select count(*) filter (where status = 'completed') from pgconductor._executions"
+                ).fetchone()
+                if row and row[0] >= count:
+                    break
+                time.sleep(0.2)
+            first, last, done = conn.execute(
+                "select min(started_at), max(finished_at), count(*) filter (where status = 'completed') "
+                "from pgconductor._executions"
+            ).fetchone()  # type: ignore[misc]
+        finally:
+            stop_worker(proc)
+    elapsed = (last - first).total_seconds()
+    emit(
+        "noop_throughput",
+        {"executions": count, "worker_processes": 1, **env},
+        completed=done,
+        seconds=round(elapsed, 3),
+        jobs_per_s=round(done / elapsed),
+    )
+
+
+def bench_latency(dsn: str, samples: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        starts_file = Path(tmp) / "starts"
+        starts_file.touch()
+        proc = start_worker(dsn, BENCH_STARTS_FILE=str(starts_file), BENCH_CONCURRENCY="10", BENCH_FETCH="10")
+        latencies: list[float] = []
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn, open(starts_file) as starts:
+                time.sleep(1.0)  # let the worker register and go idle
+                for _ in range(samples + 10):
+                    sent = time.time()
+                    execution_id = conn.execute("select pgconductor.invoke('probe')").fetchone()[0]  # type: ignore[index]
+                    deadline = time.monotonic() + 10
+                    line = ""
+                    while not line.endswith("\n"):
+                        line += starts.readline()
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("probe did not start within 10 s")
+                        if not line.endswith("\n"):
+                            time.sleep(0.0001)
+                    got_id, started = line.split()
+                    assert got_id == str(execution_id)
+                    latencies.append((float(started) - sent) * 1000)
+                    time.sleep(0.005)  # idle worker between probes
+        finally:
+            stop_worker(proc)
+    measured = sorted(latencies[10:])  # the first 10 warm up the worker
+    quantiles = statistics.quantiles(measured, n=100)
+    emit(
+        "enqueue_to_start_latency",
+        {"samples": samples, "mode": "sequential single invokes, idle worker"},
+        p50_ms=round(statistics.median(measured), 2),
+        p95_ms=round(quantiles[94], 2),
+        max_ms=round(measured[-1], 2),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    user = os.environ.get("PGUSER", getpass.getuser())
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(
+            "PGCONDUCTOR_BENCH_SERVER", f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
+        ),
+    )
+    parser.add_argument("--only", default="enqueue,throughput,latency")
+    parser.add_argument("--enqueue", type=int, default=100_000)
+    parser.add_argument("--throughput", type=int, default=50_000)
+    parser.add_argument("--latency", type=int, default=200)
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    dsn = fresh_database(args)
+    if "enqueue" in only:
+        asyncio.run(bench_enqueue(dsn, args.enqueue))
+    if "throughput" in only:
+        bench_throughput(
+            dsn,
+            args.throughput,
+            {
+                "BENCH_CONCURRENCY": "1000",
+                "BENCH_FETCH": "500",
+                "BENCH_FLUSH_BATCH": "1000",
+                "BENCH_FLUSH_MS": "50",
+            },
+        )
+    if "latency" in only:
+        bench_latency(dsn, args.latency)
+
+
+if __name__ == "__main__":
+    main()
