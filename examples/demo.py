@@ -1,0 +1,141 @@
+"""pgconductor demo: a worker processing real tasks on the local Postgres.
+
+    make demo        # or: .venv/bin/python examples/demo.py [--dsn postgresql://...]
+
+Creates the database `pgconductor_demo` afresh, installs the extension, starts a
+worker, enqueues work the ways users do (single, bulk, deduplicated, prioritized,
+inside a transaction, failing, cancelled) and prints what happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from pydantic import BaseModel
+
+from pgconductor import (
+    Conductor,
+    ExecutionCancelled,
+    ExecutionFailed,
+    Orchestrator,
+    WorkerConfig,
+    define_task,
+)
+
+
+class WelcomeIn(BaseModel):
+    email: str
+    name: str
+
+
+class WelcomeOut(BaseModel):
+    message_id: str
+
+
+send_welcome = define_task("send-welcome", payload=WelcomeIn, returns=WelcomeOut)
+
+
+def fresh_database(server: str, name: str) -> None:
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+
+
+async def main(server: str) -> None:
+    fresh_database(server, "pgconductor_demo")
+    conductor = Conductor.create(f"{server}/pgconductor_demo", context={"smtp": "smtp.example.test"})
+
+    @conductor.task(send_welcome, queue="emails", max_attempts=3)
+    async def welcome(event, ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(random.uniform(0.01, 0.05))  # talk to the mail server
+        ctx.logger.info("sent welcome to %s via %s", event.payload.email, ctx.smtp)
+        return WelcomeOut(message_id=f"msg-{ctx.execution_id.hex[:8]}")
+
+    @conductor.task("resize-image", max_attempts=1)
+    def resize(event, ctx):  # type: ignore[no-untyped-def]  # plain def: runs in a thread
+        if event.payload["width"] <= 0:
+            raise ValueError(f"width must be positive, got {event.payload['width']}")
+        return {"thumbnail": f"{event.payload['path']}@{event.payload['width']}px"}
+
+    @conductor.task("nightly-report")
+    async def report(event, ctx):  # type: ignore[no-untyped-def]
+        return {"rows": 42}
+
+    async with conductor:
+        print("installed pgconductor", await conductor.ensure_installed())
+        orchestrator = Orchestrator.create(
+            conductor, default_worker=WorkerConfig(concurrency=20, fetch_batch_size=20)
+        )
+        await orchestrator.start(handle_signals=False)
+        try:
+            await run_examples(conductor)
+        finally:
+            await orchestrator.stop()
+        print("\nworkers:", *orchestrator.info()["workers"], sep="\n  ")
+        print("\nqueue_stats:")
+        for row in await conductor.queue_stats():
+            print(
+                f"  {row.queue:8} {row.task_name:15} completed={row.completed} "
+                f"failed={row.failed} cancelled={row.cancelled} pending={row.pending}"
+            )
+
+
+async def run_examples(conductor: Conductor) -> None:
+    # One execution, its typed result.
+    one = await conductor.invoke("send-welcome", {"email": "ada@example.test", "name": "Ada"})
+    print("single invoke ->", await conductor.wait_for(one, timeout=10))
+
+    # Bulk: one statement, ids in item order.
+    ids = await conductor.invoke_many(
+        "send-welcome",
+        [
+            {"payload": {"email": f"user{n}@example.test", "name": f"User {n}"}, "priority": n % 3}
+            for n in range(200)
+        ],
+    )
+    results = [await conductor.wait_for(i, timeout=30) for i in ids]
+    print(f"bulk invoke_many -> {len(results)} welcomes sent, e.g. {results[0]}")
+
+    # Dedupe: the second call replaces the pending one and returns the same id.
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    first = await conductor.invoke("nightly-report", {"day": "mon"}, dedupe_key="report", run_at=later)
+    second = await conductor.invoke("nightly-report", {"day": "tue"}, dedupe_key="report", run_at=later)
+    print("dedupe_key -> same id:", first == second, "| result:", await conductor.wait_for(second))
+
+    # Enqueue inside your own transaction: nothing runs unless it commits.
+    async with await psycopg.AsyncConnection.connect(conductor.dsn) as conn:
+        await conductor.invoke("resize-image", {"path": "a.png", "width": 128}, conn=conn)
+        await conn.rollback()
+        tx = await conductor.invoke("resize-image", {"path": "b.png", "width": 64}, conn=conn)
+        await conn.commit()
+    print("transactional invoke (one rolled back, one committed) ->", await conductor.wait_for(tx))
+
+    # A failure is stored with its traceback and raised by wait_for.
+    bad = await conductor.invoke("resize-image", {"path": "c.png", "width": 0})
+    try:
+        await conductor.wait_for(bad, timeout=10)
+    except ExecutionFailed as exc:
+        print("failing task ->", exc.error_type, exc.error_message)
+
+    # Cancel before it runs.
+    future = await conductor.invoke("nightly-report", run_at=datetime.now(UTC) + timedelta(hours=1))
+    await conductor.cancel(future, reason="not needed")
+    try:
+        await conductor.wait_for(future)
+    except ExecutionCancelled as exc:
+        print("cancelled ->", exc.error_message)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    user = os.environ.get("PGUSER", getpass.getuser())
+    parser.add_argument(
+        "--server", default=f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
+    )
+    asyncio.run(main(parser.parse_args().server))
