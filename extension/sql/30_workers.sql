@@ -160,6 +160,7 @@ set search_path = ''
 as $$
 declare
     v_queues text[];
+    v_finished boolean;
 begin
     with orphans as (
         update pgconductor._executions e
@@ -174,9 +175,13 @@ begin
             worker_id = null
         where e.worker_id = p_worker_id and e.status = 'running'
           and not (e.id = any (pg_catalog.array_remove(coalesce(p_held, '{}'), null)))
-        returning e.queue
+        returning e.queue, e.status
     )
-    select pg_catalog.array_agg(o.queue) into v_queues from orphans o;
+    select pg_catalog.array_agg(o.queue), coalesce(pg_catalog.bool_or(o.status = 'cancelled'), false)
+    into v_queues, v_finished from orphans o;
+    if v_finished then
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+    end if;
     perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '')
     from (select distinct u from pg_catalog.unnest(v_queues) u) d(q);
     return coalesce(pg_catalog.cardinality(v_queues), 0);
