@@ -3,6 +3,7 @@
 -- SQLSTATEs users can branch on:
 --   PGC01  invalid input (detail names the input and its value)
 --   PGC02  fake time is not allowed in this database
+--   PGC03  the worker is not registered or its lease expired (register again)
 --   0A000  feature not supported yet (standard code)
 
 -- Raises PGC01 naming the bad input; never returns.
@@ -20,7 +21,8 @@ begin
 end;
 $$;
 
--- Raises PGC01 unless p_name is a usable task or queue name (non-empty, at most p_max characters).
+-- Raises PGC01 unless p_name is a usable task or queue name (non-empty, at most p_max bytes:
+-- a queue name ends up in a NOTIFY channel name, which Postgres limits to 63 bytes).
 create function pgconductor._check_name(p_input text, p_name text, p_max int)
 returns void
 language plpgsql
@@ -30,14 +32,15 @@ as $$
 begin
     if p_name is null or pg_catalog.btrim(p_name) = '' then
         perform pgconductor._invalid(p_input, 'must be a non-empty string', p_name);
-    elsif pg_catalog.length(p_name) > p_max then
-        perform pgconductor._invalid(p_input, format('must be at most %s characters', p_max), p_name);
+    elsif pg_catalog.octet_length(p_name) > p_max then
+        perform pgconductor._invalid(p_input, format('must be at most %s bytes', p_max), p_name);
     end if;
 end;
 $$;
 
 -- Returns the retention interval a JSON value asks for: null (absent) -> p_default,
--- false -> null (keep forever), 0 -> 0, {"days": N} -> N days; anything else raises PGC01.
+-- false -> null (keep forever), 0 -> 0, {"days": N} -> N days (at most 100 years);
+-- anything else raises PGC01.
 create function pgconductor._retention(p_input text, p_value jsonb, p_default interval)
 returns interval
 language plpgsql
@@ -57,11 +60,11 @@ begin
           and (p_value - 'days') = '{}'::jsonb
           and pg_catalog.jsonb_typeof(p_value -> 'days') = 'number' then
         v_days := (p_value ->> 'days')::numeric;
-        if v_days >= 0 then
+        if v_days >= 0 and v_days <= 36500 then
             return pg_catalog.make_interval(secs => (v_days * 86400)::double precision);
         end if;
     end if;
-    perform pgconductor._invalid(p_input, 'must be {"days": N} with N >= 0, 0, or false', p_value::text);
+    perform pgconductor._invalid(p_input, 'must be {"days": N} with 0 <= N <= 36500, 0, or false', p_value::text);
     return null;
 end;
 $$;
@@ -92,4 +95,18 @@ stable
 set search_path = ''
 as $$
     select coalesce(p_own, (select t.max_attempts from pgconductor._tasks t where t.name = p_task_name), 3)
+$$;
+
+-- Returns the advisory lock key that serializes enqueues of one (task, queue, dedupe key).
+-- Keys fall into 1024 buckets, so one transaction never holds more than 1024 such locks
+-- (a bulk call with many keys cannot exhaust the lock table); bulk calls take their
+-- buckets in ascending order, so two of them cannot deadlock.
+create function pgconductor._dedupe_lock(p_task_name text, p_queue text, p_dedupe_key text)
+returns bigint
+language sql
+immutable
+set search_path = ''
+as $$
+    select 7450000000 + (pg_catalog.hashtextextended(
+        p_task_name || chr(31) || p_queue || chr(31) || p_dedupe_key, 0) & 1023)
 $$;

@@ -103,8 +103,12 @@ declare
     v_status text;
 begin
     if p_dedupe_key is not null then
-        perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
-            'pgconductor.dedupe' || chr(31) || p_task_name || chr(31) || p_queue || chr(31) || p_dedupe_key, 0));
+        -- After the lock, a repeatable read snapshot would not see a concurrent caller's row.
+        if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+            perform pgconductor._invalid('dedupe_key', format('needs a read committed transaction, not %s',
+                pg_catalog.current_setting('transaction_isolation')), p_dedupe_key);
+        end if;
+        perform pg_catalog.pg_advisory_xact_lock(pgconductor._dedupe_lock(p_task_name, p_queue, p_dedupe_key));
 
         -- A pending execution with the key takes the new payload, priority and run_at.
         -- The status re-check makes a concurrent claim win: then we queue a successor.
@@ -320,7 +324,11 @@ begin
     from pg_catalog.unnest(v_items) i
     where i.id is not null;
 
-    -- Keyed items: the last item of each key wins, in the order of those last items.
+    -- Keyed items: the last item of each key wins. Take every lock bucket first, in
+    -- ascending order (no deadlock between bulk calls); seq already fixes the order.
+    perform pg_catalog.pg_advisory_xact_lock(b.lock)
+    from (select distinct pgconductor._dedupe_lock(invoke_many.task_name, v_queue, i.dedupe_key) as lock
+          from pg_catalog.unnest(v_items) i where i.dedupe_key is not null order by 1) b;
     for v_last in
         select * from (
             select distinct on (i.dedupe_key) i.*

@@ -45,6 +45,9 @@ begin
         if exists (select 1 from pg_catalog.unnest(v_rows) r where r.name = v_task ->> 'name') then
             perform pgconductor._invalid(v_prefix || 'name', 'is declared twice', v_task ->> 'name');
         end if;
+        if pg_catalog.jsonb_typeof(v_task -> 'queue') not in ('string', 'null') then
+            perform pgconductor._invalid(v_prefix || 'queue', 'must be a string', (v_task -> 'queue')::text);
+        end if;
         perform pgconductor._check_name(v_prefix || 'queue', coalesce(v_task ->> 'queue', 'default'), 48);
         if v_task ? 'max_attempts' and (pg_catalog.jsonb_typeof(v_task -> 'max_attempts') <> 'number'
                 or (v_task ->> 'max_attempts')::numeric <> pg_catalog.trunc((v_task ->> 'max_attempts')::numeric)
@@ -55,7 +58,7 @@ begin
         v_row := row(
             v_task ->> 'name',
             coalesce(v_task ->> 'queue', 'default'),
-            coalesce((v_task ->> 'max_attempts')::int, 3),
+            coalesce((v_task ->> 'max_attempts')::numeric::int, 3),
             pgconductor._retention(v_prefix || 'remove_on_complete', v_task -> 'remove_on_complete', interval '7 days'),
             pgconductor._retention(v_prefix || 'remove_on_fail', v_task -> 'remove_on_fail', interval '30 days'),
             v_now)::pgconductor._tasks;
@@ -86,17 +89,29 @@ comment on function pgconductor.register_worker(uuid, text, jsonb, int) is
     'Register a worker process and upsert the tasks it runs (queue, max_attempts, retention). Bad declarations raise PGC01.';
 
 -- Records that a worker is alive; returns the ids of its running executions whose
--- cancellation was requested, or null when the worker is unknown (it must register again).
-create function pgconductor.heartbeat(p_worker_id uuid)
+-- cancellation was requested, or null when the worker is unknown (it must register
+-- again). With p_held (every execution the worker still runs or has to report), running
+-- executions it holds but does not know about and that were claimed more than p_grace
+-- ago are released (a claim whose answer was lost with a connection).
+create function pgconductor.heartbeat(
+    p_worker_id uuid,
+    p_held uuid[] default null,
+    p_grace interval default interval '30 seconds'
+)
 returns uuid[]
 language plpgsql
 volatile
 set search_path = ''
 as $$
+declare
+    v_now timestamptz := pgconductor.now();
 begin
-    update pgconductor._workers w set last_seen_at = pgconductor.now() where w.id = p_worker_id;
+    update pgconductor._workers w set last_seen_at = v_now where w.id = p_worker_id;
     if not found then
         return null;
+    end if;
+    if p_held is not null then
+        perform pgconductor._release_unheld(p_worker_id, p_held, v_now - coalesce(p_grace, interval '0'));
     end if;
     return coalesce((
         select pg_catalog.array_agg(e.id)
@@ -104,8 +119,8 @@ begin
         where e.worker_id = p_worker_id and e.status = 'running' and e.cancel_reason is not null), '{}');
 end;
 $$;
-comment on function pgconductor.heartbeat(uuid) is
-    'Keep a worker''s lease; returns its running executions with a cancel request (null: unknown worker, register again).';
+comment on function pgconductor.heartbeat(uuid, uuid[], interval) is
+    'Keep a worker''s lease; release what it holds unknowingly; returns its running executions with a cancel request (null: register again).';
 
 -- Removes a worker that stops cleanly; whatever it still holds goes back to pending
 -- (no attempt counted), as a release would, or ends cancelled if that was requested.
@@ -148,11 +163,10 @@ $$;
 comment on function pgconductor.unregister_worker(uuid) is
     'Remove a cleanly stopped worker; anything it still held returns to pending without counting an attempt.';
 
--- Releases the running executions a worker holds but does not know about (a claim
--- whose answer was lost with the connection): pending again, attempt not counted
--- (cancelled instead when a cancel was requested).
--- p_held lists every execution the worker still runs or has yet to report.
-create function pgconductor.release_orphans(p_worker_id uuid, p_held uuid[])
+-- Releases the running executions a worker holds but does not know about, claimed
+-- before p_started_before (null: any): pending again, attempt not counted, or
+-- cancelled when a cancel was requested. Returns how many.
+create function pgconductor._release_unheld(p_worker_id uuid, p_held uuid[], p_started_before timestamptz)
 returns int
 language plpgsql
 volatile
@@ -174,6 +188,7 @@ begin
                               then pgconductor._expires_at(e.task_name, 'cancelled', pgconductor.now()) end,
             worker_id = null
         where e.worker_id = p_worker_id and e.status = 'running'
+          and (p_started_before is null or e.started_at < p_started_before)
           and not (e.id = any (pg_catalog.array_remove(coalesce(p_held, '{}'), null)))
         returning e.queue, e.status
     )
@@ -182,10 +197,21 @@ begin
     if v_finished then
         perform pg_catalog.pg_notify('pgconductor.finished', '');
     end if;
-    perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '')
+    perform pg_catalog.pg_notify(pgconductor.queue_channel(d.q), '')
     from (select distinct u from pg_catalog.unnest(v_queues) u) d(q);
     return coalesce(pg_catalog.cardinality(v_queues), 0);
 end;
 $$;
+
+-- Releases the running executions a worker holds but does not know about (a claim
+-- whose answer was lost with the connection): pending again, attempt not counted
+-- (cancelled instead when a cancel was requested).
+-- p_held lists every execution the worker still runs or has yet to report.
+create function pgconductor.release_orphans(p_worker_id uuid, p_held uuid[])
+returns int
+language sql
+volatile
+set search_path = ''
+as $$ select pgconductor._release_unheld(p_worker_id, p_held, null) $$;
 comment on function pgconductor.release_orphans(uuid, uuid[]) is
     'Worker: after a lost connection, release running executions it holds but never received (no attempt counted).';

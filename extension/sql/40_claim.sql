@@ -5,6 +5,7 @@
 -- priority desc, run_at, insertion order. Rows locked by another claim are skipped
 -- (SKIP LOCKED), so no execution is ever handed to two workers. Each claimed row
 -- becomes running, counts one attempt, and comes back with its stored steps.
+-- Raises PGC03 unless the worker is registered with a live lease.
 create function pgconductor.claim(
     p_worker_id uuid,
     p_queue text,
@@ -29,6 +30,16 @@ declare
 begin
     if p_limit is null or p_limit < 1 then
         perform pgconductor._invalid('limit', 'must be a positive integer', p_limit::text);
+    end if;
+    -- A worker whose lease lapsed may have had its executions recovered: it must
+    -- register again before it takes more (else one execution could run twice in it).
+    if not exists (select 1 from pgconductor._workers w
+                   where w.id = p_worker_id and w.last_seen_at >= v_now - w.lease) then
+        raise exception using
+            errcode = 'PGC03',
+            message = 'pgconductor: worker is not registered or its lease expired',
+            detail = format('worker_id = %s', p_worker_id),
+            hint = 'call pgconductor.register_worker again';
     end if;
     return query
     with picked as (

@@ -126,6 +126,9 @@ begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
     end if;
+    if pg_catalog.octet_length(cancel.reason) > 1000 then
+        perform pgconductor._invalid('reason', 'must be at most 1000 bytes', pg_catalog.left(cancel.reason, 40) || '...');
+    end if;
     select e.status into v_status from pgconductor._executions e where e.id = cancel.execution_id for update;
     if v_status in ('pending', 'waiting') then
         update pgconductor._executions e

@@ -9,6 +9,9 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 
@@ -77,7 +80,7 @@ select count(*) as rows from pgconductor._executions where dedupe_key = 'done';
 
 ---------------------------------------------------------------- failed
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
-    '[{"name": "once", "max_attempts": 1}]');
+    '[{"name": "once", "max_attempts": 1}]', 2000000000);
 select pgconductor.invoke('once', '{"v": 1}', dedupe_key => 'f') as failed_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array['once']);
 select pgconductor.report('00000000-0000-0000-0000-000000000001',

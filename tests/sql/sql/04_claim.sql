@@ -8,10 +8,13 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
-    '[{"name": "a"}, {"name": "b"}, {"name": "c", "queue": "other"}]');
+    '[{"name": "a"}, {"name": "b"}, {"name": "c", "queue": "other"}]', 2000000000);
 
 -- eight ready executions whose payload names their expected claim position
 select pgconductor.invoke('a', '{"pos": 6}', priority => 0, run_at => '2025-12-31 23:59:00+00') is not null as ok; -- older run_at than pos 7

@@ -9,10 +9,13 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
-    '[{"name": "ok"}, {"name": "gone", "remove_on_complete": 0}, {"name": "flaky", "max_attempts": 5}]');
+    '[{"name": "ok"}, {"name": "gone", "remove_on_complete": 0}, {"name": "flaky", "max_attempts": 5}]', 2000000000);
 
 -- one report object for the execution :id at :attempt
 \set rep 'jsonb_build_array(jsonb_build_object(''id'', :''id''::uuid, ''attempt'', :attempt, ''outcome'', :''outcome'', ''result'', :''result''::jsonb, ''error'', :''error''::jsonb))'
@@ -182,7 +185,7 @@ select status from pgconductor.executions where id = :'id';
 ---------------------------------------------------------------- keep forever
 -- a task that keeps finished rows forever (remove_on_complete false) still completes
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
-    '[{"name": "kept", "remove_on_complete": false, "remove_on_fail": false, "max_attempts": 1}]');
+    '[{"name": "kept", "remove_on_complete": false, "remove_on_fail": false, "max_attempts": 1}]', 2000000000);
 select pgconductor.invoke('kept', '{"n": 1}') as id \gset
 select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 \set outcome completed

@@ -9,9 +9,12 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
-select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[{"name": "job"}]');
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[{"name": "job"}]', 2000000000);
 
 ---------------------------------------------------------------- pending
 select pgconductor.invoke('job', '{"n": 1}') as id \gset
@@ -64,7 +67,7 @@ select cancel_reason from pgconductor.executions where id = :'id';
 -- the worker's heartbeat returns the flagged execution
 select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001') = array[:'id'::uuid] as told_to_cancel;
 -- another worker's heartbeat does not
-select pgconductor.register_worker('00000000-0000-0000-0000-000000000002', 'w2', '[]');
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000002', 'w2', '[]', 2000000000);
 select pgconductor.heartbeat('00000000-0000-0000-0000-000000000002') as to_cancel;
 -- the handler raises Cancelled and the worker reports 'failed': cancelled, not retried,
 -- the attempt counted, the error names the cancel reason

@@ -178,6 +178,7 @@ select pgconductor.maintenance(null);
 -- release_orphans ends a cancel-requested orphan cancelled (it must not run again),
 -- and a null in the held list does not stop the release of the others
 truncate pgconductor._executions cascade;
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[]', 2000000000);
 select pgconductor.invoke('job') as id \gset
 select pgconductor.invoke('job') as id2 \gset
 select count(*) from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 2);
@@ -185,3 +186,16 @@ select pgconductor.cancel(:'id', 'stop it') as cancel_requested;
 select pgconductor.release_orphans('00000000-0000-0000-0000-000000000001', array[null]::uuid[]) as released;
 select id = :'id' as is_cancelled_one, status, attempts, error ->> 'type' as type
 from pgconductor.executions order by status;
+
+-- heartbeat with the held list releases what the worker holds unknowingly, once it is
+-- older than the grace period (a claim whose answer was lost); held ones stay running
+truncate pgconductor._executions cascade;
+select pgconductor.invoke('job') as id \gset
+select pgconductor.invoke('job') as id2 \gset
+select count(*) from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 2);
+-- within the grace period nothing is released
+select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001', array[:'id'::uuid], interval '30 seconds') as cancels;
+select count(*) filter (where status = 'running') as running from pgconductor._executions;
+select pgconductor.set_fake_time(pgconductor.now() + interval '31 seconds');
+select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001', array[:'id'::uuid], interval '30 seconds') as cancels;
+select id = :'id' as held, status, attempts from pgconductor.executions order by status desc;

@@ -9,6 +9,9 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 
@@ -33,7 +36,7 @@ create function pg_temp.written() returns text language sql as $$
 $$;
 
 -- some existing state that bad calls must leave alone
-select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[{"name": "job"}]');
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', '[{"name": "job"}]', 2000000000);
 select pgconductor.invoke('job', '{"n": 1}', dedupe_key => 'k') is not null as ok;
 select pg_temp.written() as before \gset
 select :'before' as before;
@@ -183,3 +186,18 @@ select code, message from pg_temp.error_of($$select pgconductor.report(gen_rando
 select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1.5, "outcome": "completed"}]')$$);
 -- claim: limit must be positive
 select code, message from pg_temp.error_of($$select * from pgconductor.claim(gen_random_uuid(), 'default', null, null)$$);
+-- claim: an unknown worker (or one whose lease expired) must register first (PGC03)
+select code, message from pg_temp.error_of($$select * from pgconductor.claim('00000000-0000-0000-0000-0000000000ff', 'default', null, 1)$$);
+-- retention beyond 100 years, a queue name over 48 bytes (multi-byte), a non-string queue
+select code, message from pg_temp.error_of($$select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "a", "remove_on_complete": {"days": 1e9}}]')$$);
+select code, message from pg_temp.error_of(format($f$select pgconductor.invoke('a', queue => %L)$f$, repeat('é', 30)));
+select code, message from pg_temp.error_of($$select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "a", "queue": 5}]')$$);
+-- a fractional-looking integer max_attempts is fine
+select pgconductor.register_worker('00000000-0000-0000-0000-0000000000fe', 'w', '[{"name": "whole", "max_attempts": 2.0}]');
+select max_attempts from pgconductor._tasks where name = 'whole';
+-- cancel: a reason over 1000 bytes
+select code, message from pg_temp.error_of(format($f$select pgconductor.cancel(gen_random_uuid(), %L)$f$, repeat('x', 1001)));
+-- dedupe keys need read committed (a repeatable read snapshot would miss a concurrent caller's row)
+begin isolation level repeatable read;
+select code, message from pg_temp.error_of($$select pgconductor.invoke('a', dedupe_key => 'k')$$);
+rollback;

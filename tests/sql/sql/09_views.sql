@@ -9,6 +9,9 @@ set intervalstyle = 'postgres';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
+-- claiming workers hold live leases (claim refuses unknown or expired workers)
+select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
 delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 
@@ -38,7 +41,7 @@ truncate pgconductor._executions cascade;
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1', $$[
     {"name": "mail", "queue": "emails"},
     {"name": "report", "max_attempts": 1},
-    {"name": "idle", "queue": "emails"}]$$);
+    {"name": "idle", "queue": "emails"}]$$, 2000000000);
 
 -- the columns of queue_stats
 select ordinal_position as pos, column_name, data_type
