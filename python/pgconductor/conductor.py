@@ -25,7 +25,7 @@ from .errors import (
     UnknownTask,
     WaitTimeout,
 )
-from .task import Handler, Invocable, Retention, Task, TaskDefinition, check_name
+from .task import NUL_ESCAPE, Handler, Invocable, Retention, Task, TaskDefinition, check_name, to_json
 
 if TYPE_CHECKING:
     from .worker import Worker, WorkerConfig
@@ -86,8 +86,8 @@ def _check_run_at(input: str, run_at: object) -> datetime | None:
 
 
 def _check_int(input: str, value: object) -> int:
-    if type(value) is not int:
-        raise InvalidInput(input, f"must be an integer, got {value!r}")
+    if type(value) is not int or not -(2**31) <= value < 2**31:
+        raise InvalidInput(input, f"must be a 32-bit integer, got {value!r}")
     return value
 
 
@@ -388,14 +388,17 @@ class Conductor:
                     raise InvalidInput(f"items[{index}].payload", exc.problem) from exc
             out.append(item)
         try:
-            return json.dumps(out, default=_json_default)
+            text = json.dumps(out, default=_json_default, allow_nan=False)
+            if "\\u0000" not in text or not NUL_ESCAPE.search(text):
+                return text
         except (TypeError, ValueError):
-            for index, item in enumerate(out):
-                try:
-                    json.dumps(item, default=_json_default)
-                except (TypeError, ValueError) as exc:
-                    raise InvalidInput(f"items[{index}]", f"is not JSON serializable: {exc}") from exc
-            raise
+            pass
+        for index, item in enumerate(out):
+            try:
+                to_json(json.loads(json.dumps(item, default=_json_default, allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(f"items[{index}]", f"is not valid JSON for Postgres: {exc}") from exc
+        raise InvalidInput("items", "is not valid JSON for Postgres")
 
     async def invoke_many(
         self,

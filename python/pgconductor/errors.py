@@ -37,6 +37,10 @@ class FakeTimeNotAllowed(PgConductorError):
     """Fake time was asked for in a database that does not allow it (SQLSTATE PGC02)."""
 
 
+class LeaseExpired(PgConductorError):
+    """The worker is not registered or its lease expired (SQLSTATE PGC03); it registers again."""
+
+
 class ExtensionNotAvailable(PgConductorError):
     """The extension files are not installed on the Postgres server."""
 
@@ -85,6 +89,8 @@ def translate(exc: psycopg.Error) -> Exception:
         err: Exception = InvalidInput(name, f"{problem} ({detail})" if detail else problem)
     elif state == "PGC02":
         err = FakeTimeNotAllowed(f"{diag.message_primary} ({diag.message_hint})")
+    elif state == "PGC03":
+        err = LeaseExpired(f"{diag.message_primary} ({diag.message_detail})")
     elif state == "0A000":
         err = NotSupported(f"{diag.message_primary} ({diag.message_detail})")
     else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ from . import sql
 from .conductor import Conductor
 from .errors import InvalidInput
 from .task import Task
-from .worker import BACKOFF_MAX_S, BACKOFF_START_S, Worker, WorkerConfig
+from .worker import BACKOFF_MAX_S, BACKOFF_START_S, Worker, WorkerConfig, _Connection
 
 logger = logging.getLogger("pgconductor.orchestrator")
 
@@ -45,6 +44,10 @@ class Orchestrator:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.maintenance_interval_s = maintenance_interval_s
         self.name = name
+        for worker in workers:
+            worker.lease_seconds = lease_seconds
+            worker.registered_name = f"{name}/{worker.name}"
+        self._duty_conn = _Connection(conductor.dsn, "heartbeat")
         self._background: list[asyncio.Task[None]] = []
         self._runs: list[asyncio.Task[None]] = []
         self._stopped: asyncio.Future[None] | None = None
@@ -106,8 +109,9 @@ class Orchestrator:
         self._state = "running"
         self._stopped = asyncio.get_running_loop().create_future()
         await self.conductor.ensure_installed()
+        conn = await self._duty_conn.get()
         for worker in self.workers:
-            await self._register(worker)
+            await worker.register(conn)
         await self._maintain()
         listener_ready = asyncio.Event()
         self._background = [
@@ -117,6 +121,8 @@ class Orchestrator:
         ]
         await listener_ready.wait()
         self._runs = [asyncio.create_task(w.run(drain=drain)) for w in self.workers]
+        for run in self._runs:
+            run.add_done_callback(self._worker_ended)
         if handle_signals is None:
             handle_signals = threading.current_thread() is threading.main_thread()
         if handle_signals:
@@ -127,6 +133,14 @@ class Orchestrator:
             "orchestrator started",
             extra={"orchestrator": self.name, "workers": [w.info() for w in self.workers]},
         )
+
+    def _worker_ended(self, run: asyncio.Task[None]) -> None:
+        """A worker that dies of an unexpected error stops the whole orchestrator, loudly:
+        a process that heartbeats without claiming would hold its executions forever."""
+        if run.cancelled() or run.exception() is None or self._state != "running":
+            return
+        logger.critical("worker crashed; stopping", exc_info=run.exception())
+        self._stopping = asyncio.create_task(self.stop())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -163,6 +177,7 @@ class Orchestrator:
             await asyncio.gather(*self._background, return_exceptions=True)
             await self._unregister()
         finally:
+            await self._duty_conn.close()
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -199,13 +214,6 @@ class Orchestrator:
         return {"name": self.name, "state": self._state, "workers": [w.info() for w in self.workers]}
 
     # --- background duties -----------------------------------------------------------
-
-    async def _register(self, worker: Worker) -> None:
-        tasks = json.dumps([t.registration() for t in worker.tasks.values()])
-        async with self.conductor.connection() as conn:
-            await sql.register_worker(
-                conn, worker.id, f"{self.name}/{worker.name}", tasks, self.lease_seconds
-            )
 
     async def _listen(self, ready: asyncio.Event) -> None:
         """LISTEN on every worker queue's channel and on cancellations; wake on each."""
@@ -247,27 +255,34 @@ class Orchestrator:
             worker.cancel_requested(execution_id, reason or "cancelled")
 
     async def _heartbeat_loop(self) -> None:
+        """Keep every worker's lease on a connection of its own (a busy application pool
+        must not delay it), pass on cancellations, re-register forgotten workers."""
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
-                async with self.conductor.connection() as conn:
-                    for worker in self.workers:
-                        cancelled = await sql.heartbeat(conn, worker.id)
-                        if cancelled is None:
-                            await self._register(worker)
-                            continue
-                        for execution_id in cancelled:
-                            worker.cancel_requested(execution_id, "cancelled")
+                conn = await self._duty_conn.get()
+                for worker in self.workers:
+                    cancelled = await sql.heartbeat(conn, worker.id, worker.held())
+                    if cancelled is None:
+                        logger.warning("lease lost; registering again", extra={"worker": worker.name})
+                        worker.lease_lost()
+                        await worker.register(conn)
+                        continue
+                    for execution_id in cancelled:
+                        worker.cancel_requested(execution_id, "cancelled")
+                self._duty_conn.succeeded()
             except psycopg.OperationalError as exc:
-                logger.warning("heartbeat failed", extra={"error": str(exc)})
+                await self._duty_conn.failed(exc)
+            except Exception:
+                logger.exception("heartbeat failed")
 
     async def _maintain(self) -> None:
         """One maintenance pass in bounded chunks, each its own transaction (skipped while
         another process runs one)."""
         more = True
         while more:
-            async with self.conductor.connection() as conn:
-                more = bool((await sql.maintenance(conn, 1000)).get("more"))
+            conn = await self._duty_conn.get()
+            more = bool((await sql.maintenance(conn, 1000)).get("more"))
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -275,4 +290,6 @@ class Orchestrator:
             try:
                 await self._maintain()
             except psycopg.OperationalError as exc:
-                logger.warning("maintenance failed", extra={"error": str(exc)})
+                await self._duty_conn.failed(exc)
+            except Exception:
+                logger.exception("maintenance failed")

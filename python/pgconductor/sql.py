@@ -316,7 +316,7 @@ def run_maintenance_sync(conn: SyncConn) -> dict[str, int]:
 
 QUEUE_CHANNEL: LiteralString = "select pgconductor.queue_channel(%s)"
 REGISTER_WORKER: LiteralString = "select pgconductor.register_worker(%s, %s, %s::jsonb, %s)"
-HEARTBEAT: LiteralString = "select pgconductor.heartbeat(%s)"
+HEARTBEAT: LiteralString = "select pgconductor.heartbeat(%s, %s)"
 CLAIM: LiteralString = "select * from pgconductor.claim(%s, %s, %s, %s)"
 REPORT: LiteralString = "select pgconductor.report(%s, %s::jsonb)"
 RELEASE_ORPHANS: LiteralString = "select pgconductor.release_orphans(%s, %s)"
@@ -339,8 +339,8 @@ async def register_worker(
     await _one(conn, REGISTER_WORKER, (worker_id, name, tasks_json, lease_seconds))
 
 
-async def heartbeat(conn: AsyncConn, worker_id: UUID) -> list[UUID] | None:
-    result: list[UUID] | None = await _one(conn, HEARTBEAT, (worker_id,))
+async def heartbeat(conn: AsyncConn, worker_id: UUID, held: list[UUID]) -> list[UUID] | None:
+    result: list[UUID] | None = await _one(conn, HEARTBEAT, (worker_id, held))
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -24,9 +25,20 @@ def check_name(input: str, value: object, max_len: int) -> str:
     """Return `value` if it is a usable task or queue name, else raise InvalidInput."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(input, f"must be a non-empty string, got {value!r}")
-    if len(value) > max_len:
-        raise InvalidInput(input, f"must be at most {max_len} characters")
+    if len(value.encode()) > max_len:
+        raise InvalidInput(input, f"must be at most {max_len} bytes")
     return value
+
+
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
+
+
+def to_json(value: Any) -> str:
+    """JSON text that Postgres's jsonb accepts: no NaN/Infinity, no NUL characters."""
+    text = json.dumps(value, allow_nan=False)
+    if "\\u0000" in text and NUL_ESCAPE.search(text):
+        raise ValueError("JSON text cannot contain NUL characters (\\u0000)")
+    return text
 
 
 def _check_model(input: str, model: object) -> type[pydantic.BaseModel] | None:
@@ -57,9 +69,9 @@ class TaskDefinition(Generic[P]):
         if not isinstance(payload, dict):
             raise InvalidInput("payload", f"must be a JSON object (dict), got {type(payload).__name__}")
         try:
-            json.dumps(payload)
+            to_json(payload)
         except (TypeError, ValueError) as exc:
-            raise InvalidInput("payload", f"is not JSON serializable: {exc}") from exc
+            raise InvalidInput("payload", f"is not valid JSON for Postgres: {exc}") from exc
         return payload
 
     def parse_payload(self, raw: Any) -> Any:
@@ -79,14 +91,14 @@ class TaskDefinition(Generic[P]):
                 raise InvalidResult(
                     f"task {self.name!r} returned a value that does not match {self.returns.__name__}: {exc}"
                 ) from exc
-            return model.model_dump_json()
-        if isinstance(result, pydantic.BaseModel):
-            return result.model_dump_json()
+            result = model.model_dump(mode="json")
+        elif isinstance(result, pydantic.BaseModel):
+            result = result.model_dump(mode="json")
         try:
-            return json.dumps(result)
+            return to_json(result)
         except (TypeError, ValueError) as exc:
             raise InvalidResult(
-                f"task {self.name!r} returned a value that is not JSON serializable: {exc}"
+                f"task {self.name!r} returned a value that is not valid JSON for Postgres: {exc}"
             ) from exc
 
     def parse_result(self, raw: Any) -> Any:
@@ -123,10 +135,10 @@ def check_retention(input: str, value: object) -> Retention:
         and set(value) == {"days"}
         and isinstance(value["days"], int | float)
         and not isinstance(value["days"], bool)
-        and value["days"] >= 0
+        and 0 <= value["days"] <= 36500
     ):
         return value
-    raise InvalidInput(input, f'must be {{"days": N}} with N >= 0, 0, or False; got {value!r}')
+    raise InvalidInput(input, f'must be {{"days": N}} with 0 <= N <= 36500, 0, or False; got {value!r}')
 
 
 @dataclass

@@ -24,7 +24,7 @@ import psycopg
 
 from . import sql
 from .context import TaskContext, TaskEvent
-from .errors import InvalidInput
+from .errors import InvalidInput, LeaseExpired
 from .task import Task
 
 if TYPE_CHECKING:
@@ -62,13 +62,17 @@ class WorkerConfig:
 
 
 def _error_json(exc: BaseException) -> str:
+    # jsonb refuses NUL characters: an error text must never make a report fail.
     return json.dumps(
         {
             "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
+            "message": str(exc).replace("\x00", "\\0"),
+            "traceback": "".join(traceback.format_exception(exc)).replace("\x00", "\\0"),
         }
     )
+
+
+RunningKey = tuple[UUID, int]  # (execution id, attempt): one execution may be re-claimed
 
 
 class _Connection:
@@ -128,7 +132,7 @@ class Worker:
         self.name = name or f"{queue}-{self.id.hex[:8]}"
         self._batch = min(config.fetch_batch_size or config.concurrency, config.concurrency)
         self._task_names = sorted(self.tasks)
-        self._running: dict[UUID, tuple[asyncio.Task[None], TaskContext]] = {}
+        self._running: dict[RunningKey, tuple[asyncio.Task[None], TaskContext, bool]] = {}
         self._unreported: set[UUID] = set()
         self._buffer: list[tuple[UUID, str]] = []
         self._kick = asyncio.Event()
@@ -137,6 +141,8 @@ class Worker:
         self._closing = False
         self._idle = False
         self._executor: ThreadPoolExecutor | None = None
+        self.lease_seconds = 60
+        self.registered_name = self.name
         self.claimed = self.completed = self.failed = self.released = 0
 
     # --- signals from the orchestrator -------------------------------------------
@@ -152,9 +158,24 @@ class Worker:
 
     def cancel_requested(self, execution_id: UUID, reason: str) -> None:
         """Set the signal of a running execution whose cancellation was requested."""
-        running = self._running.get(execution_id)
-        if running is not None:
-            running[1].signal.abort(reason)
+        for (running_id, _), (_, ctx, _) in self._running.items():
+            if running_id == execution_id:
+                ctx.signal.abort(reason)
+
+    def lease_lost(self) -> None:
+        """The database forgot this worker (its lease lapsed): whatever runs here may run
+        elsewhere too, so every handler is told to stop; the worker registers again."""
+        for _, ctx, _ in self._running.values():
+            ctx.signal.abort("lease lost")
+
+    def held(self) -> list[UUID]:
+        """Every execution this worker runs or has yet to report (for the heartbeat)."""
+        return list(self._unreported)
+
+    async def register(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Declare this worker and its tasks (idempotent)."""
+        tasks = json.dumps([t.registration() for t in self.tasks.values()])
+        await sql.register_worker(conn, self.id, self.registered_name, tasks, self.lease_seconds)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -197,8 +218,11 @@ class Worker:
         while not self._stopping:
             free = concurrency - len(self._running)
             if free < threshold:
+                # Wait for completions; clear first so an old kick cannot spin the loop.
                 self._idle = False
-                await self._wait_kick(poll_s)
+                self._kick.clear()
+                if concurrency - len(self._running) < threshold and not self._stopping:
+                    await self._wait_kick(poll_s)
                 continue
             limit = min(free, self._batch)
             self._kick.clear()
@@ -231,13 +255,25 @@ class Worker:
         return not rows and not self._running
 
     async def _claim(self, limit: int) -> list[sql.ClaimedExecution]:
+        """One claim; never raises: failures are logged, the connection is reopened after
+        a backoff (fresh prepared statements, e.g. after an extension upgrade)."""
         try:
             conn = await self._claim_conn.get()
             if self._claim_conn.lost:
                 await sql.release_orphans(conn, self.id, list(self._unreported))
                 self._claim_conn.lost = False
-            rows = await sql.claim(conn, self.id, self.queue, self._task_names, limit)
+            try:
+                rows = await sql.claim(conn, self.id, self.queue, self._task_names, limit)
+            except LeaseExpired:
+                logger.warning("lease expired; registering again", extra={"worker": self.name})
+                self.lease_lost()
+                await self.register(conn)
+                rows = await sql.claim(conn, self.id, self.queue, self._task_names, limit)
         except psycopg.OperationalError as exc:
+            await self._claim_conn.failed(exc)
+            return []
+        except Exception as exc:
+            logger.exception("claim failed: %s: %s", type(exc).__name__, exc, extra={"worker": self.name})
             await self._claim_conn.failed(exc)
             return []
         self._claim_conn.succeeded()
@@ -248,7 +284,11 @@ class Worker:
         task = self.tasks[row.task_name]
         ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context)
         self._unreported.add(row.id)
-        self._running[row.id] = (asyncio.create_task(self._execute(task, row, ctx)), ctx)
+        self._running[(row.id, row.attempt)] = (
+            asyncio.create_task(self._execute(task, row, ctx)),
+            ctx,
+            task.is_async,
+        )
 
     async def _execute(self, task: Task, row: sql.ClaimedExecution, ctx: TaskContext) -> None:
         started = time.monotonic()
@@ -291,7 +331,7 @@ class Worker:
                         "duration_ms": round((time.monotonic() - started) * 1000, 3),
                     },
                 )
-        del self._running[row.id]
+        del self._running[(row.id, row.attempt)]
         self._buffer.append((row.id, fragment))
         if not self._running or len(self._buffer) >= self.config.flush_batch_size:
             self._flush_wake.set()
@@ -306,16 +346,26 @@ class Worker:
         return self._executor
 
     async def _finish_running(self) -> None:
-        """Give running handlers the grace period, then cancel them (they report released)."""
-        if self._running:
-            pending = [t for t, _ in self._running.values()]
-            for _, ctx in self._running.values():
-                ctx.signal.abort("worker stopping")
-            _, late = await asyncio.wait(pending, timeout=self.config.shutdown_timeout_s)
-            for t in late:
+        """Give running handlers the grace period, then cancel the async ones (they report
+        released). A plain-def handler cannot be interrupted: releasing it would let another
+        worker start it while its thread still runs, so the worker waits for it."""
+        if not self._running:
+            return
+        for _, ctx, _ in self._running.values():
+            ctx.signal.abort("worker stopping")
+        running = list(self._running.values())
+        _, late = await asyncio.wait([t for t, _, _ in running], timeout=self.config.shutdown_timeout_s)
+        threads = [t for t, _, is_async in running if t in late and not is_async]
+        for t, _, is_async in running:
+            if t in late and is_async:
                 t.cancel()
-            if late:
-                await asyncio.wait(late)
+        if threads:
+            logger.warning(
+                "waiting for plain-def handlers to return (a second signal exits now)",
+                extra={"worker": self.name, "count": len(threads)},
+            )
+        if late:
+            await asyncio.wait(late)
 
     # --- flushing ------------------------------------------------------------------
 
@@ -338,6 +388,19 @@ class Worker:
             await self._report(batch)
 
     async def _report(self, batch: list[tuple[UUID, str]]) -> None:
+        """Write a batch of outcomes; retried through reconnects until it is applied. A batch
+        the database refuses is written one outcome at a time so that one bad outcome cannot
+        hold back the others; a refused outcome becomes a failure naming the refusal."""
+        try:
+            await self._write(batch)
+        except psycopg.Error as exc:
+            logger.error("report refused (%s); writing outcomes one by one", exc, extra={"worker": self.name})
+            for item in batch:
+                await self._write_one(item)
+        for execution_id, _ in batch:
+            self._unreported.discard(execution_id)
+
+    async def _write(self, batch: list[tuple[UUID, str]]) -> None:
         payload = "[" + ",".join(fragment for _, fragment in batch) + "]"
         while True:
             try:
@@ -346,12 +409,27 @@ class Worker:
             except psycopg.OperationalError as exc:
                 await self._flush_conn.failed(exc)
                 continue
-            except psycopg.Error as exc:
-                logger.error("report refused; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(BACKOFF_MAX_S)
-                continue
             self._flush_conn.succeeded()
             self._flush_conn.lost = False
-            break
-        for execution_id, _ in batch:
-            self._unreported.discard(execution_id)
+            return
+
+    async def _write_one(self, item: tuple[UUID, str]) -> None:
+        try:
+            await self._write([item])
+            return
+        except psycopg.Error as exc:
+            refused = exc
+        attempt = json.loads(item[1])["attempt"]
+        fallback = json.dumps(
+            {
+                "id": str(item[0]),
+                "attempt": attempt,
+                "outcome": "failed",
+                "error": {"type": "ReportRefused", "message": f"the database refused the outcome: {refused}"},
+            }
+        )
+        try:
+            await self._write([(item[0], fallback)])
+        except psycopg.Error as exc:
+            # Left to the heartbeat: it releases what this worker holds but no longer tracks.
+            logger.error("outcome dropped: %s", exc, extra={"execution_id": str(item[0])})
