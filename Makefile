@@ -28,7 +28,7 @@ install: postgres
 
 # SQL-level tests of the extension alone (pg_regress).
 installcheck: install
-	$(MAKE) -C extension installcheck || { cat tests/sql/results/regression.diffs; exit 1; }
+	$(MAKE) -C extension installcheck || { cat tests/sql/results/regression.diffs tests/sql/results/isolation/regression.diffs 2>/dev/null; exit 1; }
 
 pytest: setup
 	$(BIN)/pytest

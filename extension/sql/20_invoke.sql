@@ -216,7 +216,8 @@ exception
 end;
 $$;
 
--- Parses and validates the items of invoke_many; raises PGC01 naming the first bad item.
+-- Parses and validates the items of invoke_many, giving each its seq (and plain items
+-- their id) in item order; raises PGC01 naming the first bad item.
 create function pgconductor._parse_items(p_items jsonb)
 returns pgconductor._invoke_item[]
 language plpgsql
@@ -254,7 +255,11 @@ begin
     end if;
 
     begin
-        select pg_catalog.array_agg(row(r.ord, null, null, coalesce(r.payload, '{}'), r.dedupe_key,
+        -- Ids (plain items) and insertion order (seq) are assigned here, in item order: the
+        -- function scan yields items in array order.
+        select pg_catalog.array_agg(row(r.ord,
+                   case when r.dedupe_key is null then pg_catalog.gen_random_uuid() end,
+                   pg_catalog.nextval('pgconductor._executions_seq'), coalesce(r.payload, '{}'), r.dedupe_key,
                    coalesce(r.priority, 0), r.run_at, r.throttle_seconds, r.debounce_seconds,
                    r.debounce_max_wait_seconds)::pgconductor._invoke_item order by r.ord)
         into v_items
@@ -309,14 +314,8 @@ begin
     v_queue := pgconductor._task_queue(invoke_many.task_name, invoke_many.queue);
     v_items := pgconductor._parse_items(invoke_many.items);
 
-    -- Insertion order (seq) follows item order for plain and keyed items alike; plain
-    -- items get their ids here so they map back to item order after one insert.
-    select pg_catalog.array_agg(row(s.ord, case when s.dedupe_key is null then pg_catalog.gen_random_uuid() end,
-               pg_catalog.nextval('pgconductor._executions_seq'), s.payload, s.dedupe_key, s.priority, s.run_at,
-               s.throttle_seconds, s.debounce_seconds, s.debounce_max_wait_seconds)::pgconductor._invoke_item)
-    into v_items
-    from (select * from pg_catalog.unnest(v_items) i order by i.ord) s;
-
+    -- Plain items: one insert. Their ids and seqs (insertion order = item order, keyed
+    -- items included) were assigned by _parse_items.
     insert into pgconductor._executions
         (id, seq, task_name, queue, payload, priority, run_at, created_at)
     select i.id, i.seq, invoke_many.task_name, v_queue, i.payload, i.priority,
@@ -346,6 +345,10 @@ begin
         perform pg_catalog.pg_notify(pgconductor.queue_channel(v_queue), '');
     end if;
 
+    if pg_catalog.cardinality(v_keys) = 0 then
+        return query select i.id from pg_catalog.unnest(v_items) i;  -- already in item order
+        return;
+    end if;
     return query
         select coalesce(i.id, k.id)
         from pg_catalog.unnest(v_items) i

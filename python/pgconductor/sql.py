@@ -182,13 +182,24 @@ select coalesce(array_agg(i), '{}') from pgconductor.invoke_many(%s, %s::jsonb, 
 
 
 async def invoke_many(conn: AsyncConn, task_name: str, items_json: str, queue: str | None) -> list[UUID]:
-    ids: list[UUID] = await _one(conn, INVOKE_MANY, (task_name, items_json, queue))
-    return ids
+    # Binary results: 100,000 uuids decode several times faster than their text form.
+    try:
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute(INVOKE_MANY, (task_name, items_json, queue))
+            row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise _reraise(exc) from exc
+    return [] if row is None else list(row[0])
 
 
 def invoke_many_sync(conn: SyncConn, task_name: str, items_json: str, queue: str | None) -> list[UUID]:
-    ids: list[UUID] = _one_sync(conn, INVOKE_MANY, (task_name, items_json, queue))
-    return ids
+    try:
+        with conn.cursor(binary=True) as cur:
+            cur.execute(INVOKE_MANY, (task_name, items_json, queue))
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        raise _reraise(exc) from exc
+    return [] if row is None else list(row[0])
 
 
 CANCEL: LiteralString = "select pgconductor.cancel(%s, %s)"
