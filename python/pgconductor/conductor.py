@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import date, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -44,14 +44,6 @@ ITEM_KEYS = frozenset(
         "debounce_max_wait_seconds",
     }
 )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _flow_control(
@@ -370,9 +362,17 @@ class Conductor:
                 raise InvalidInput(f"items[{index}]", f"has unknown keys {sorted(unknown)}")
             if "priority" in item and item["priority"] is not None:
                 _check_int(f"items[{index}].priority", item["priority"])
-            if isinstance(item.get("run_at"), datetime):
-                _check_run_at(f"items[{index}].run_at", item["run_at"])
-            if "throttle" in item or "debounce" in item or definition.payload is not None:
+            run_at = item.get("run_at")
+            if isinstance(run_at, datetime):
+                _check_run_at(f"items[{index}].run_at", run_at)
+                item = {**item, "run_at": run_at.isoformat()}
+            payload = item.get("payload")
+            if (
+                "throttle" in item
+                or "debounce" in item
+                or definition.payload is not None
+                or (payload is not None and type(payload) is not dict)
+            ):
                 item = dict(item)
                 throttle_s, debounce_s, max_wait_s = _flow_control(
                     f"items[{index}].", item.pop("throttle", None), item.pop("debounce", None)
@@ -388,14 +388,14 @@ class Conductor:
                     raise InvalidInput(f"items[{index}].payload", exc.problem) from exc
             out.append(item)
         try:
-            text = json.dumps(out, default=_json_default, allow_nan=False)
+            text = json.dumps(out, allow_nan=False)
             if "\\u0000" not in text or not NUL_ESCAPE.search(text):
                 return text
         except (TypeError, ValueError):
             pass
         for index, item in enumerate(out):
             try:
-                to_json(json.loads(json.dumps(item, default=_json_default, allow_nan=False)))
+                to_json(item)
             except (TypeError, ValueError) as exc:
                 raise InvalidInput(f"items[{index}]", f"is not valid JSON for Postgres: {exc}") from exc
         raise InvalidInput("items", "is not valid JSON for Postgres")
@@ -523,6 +523,11 @@ class Conductor:
         async with self.connection() as c:
             return await sql.queue_stats(c)
 
+    def queue_stats_sync(self) -> list[sql.QueueStats]:
+        """Blocking twin of `queue_stats`."""
+        with self.connection_sync() as c:
+            return sql.queue_stats_sync(c)
+
     # --- installation --------------------------------------------------------------
 
     async def ensure_installed(self) -> str:
@@ -535,6 +540,11 @@ class Conductor:
                     "the pgconductor extension files are not installed on this Postgres server; "
                     "run `make install` (PGXS, as a user who can write to "
                     "`pg_config --sharedir`/extension) and try again"
+                )
+            if _version_tuple(versions.available) < _version_tuple(EXTENSION_VERSION):
+                raise ExtensionNotAvailable(
+                    f"the Postgres server has pgconductor {versions.available} files but this package "
+                    f"needs {EXTENSION_VERSION}; run `make install` with this package's sources"
                 )
             if versions.installed is None:
                 await sql.create_extension(c, EXTENSION_VERSION)

@@ -63,6 +63,10 @@ class TaskDefinition(Generic[P]):
             except pydantic.ValidationError as exc:
                 raise InvalidInput("payload", f"does not match {self.payload.__name__}: {exc}") from exc
             dumped: dict[str, Any] = model.model_dump(mode="json")
+            try:
+                to_json(dumped)
+            except ValueError as exc:
+                raise InvalidInput("payload", f"is not valid JSON for Postgres: {exc}") from exc
             return dumped
         if isinstance(payload, pydantic.BaseModel):
             return payload.model_dump(mode="json")
@@ -198,3 +202,7 @@ class Task:
     async def invoke_many(self, items: list[dict[str, Any]], **options: Any) -> Any:
         """Enqueue many executions of this task in one statement."""
         return await self._client().invoke_many(self.name, items, **options)
+
+    def invoke_many_sync(self, items: list[dict[str, Any]], **options: Any) -> Any:
+        """Blocking twin of `invoke_many`."""
+        return self._client().invoke_many_sync(self.name, items, **options)

@@ -333,7 +333,8 @@ class Worker:
                 )
         del self._running[(row.id, row.attempt)]
         self._buffer.append((row.id, fragment))
-        if not self._running or len(self._buffer) >= self.config.flush_batch_size:
+        # The first buffered outcome starts the flusher's interval; idle or full flushes now.
+        if len(self._buffer) == 1 or not self._running or len(self._buffer) >= self.config.flush_batch_size:
             self._flush_wake.set()
         if not self._idle or not self._running:
             self._kick.set()

@@ -144,3 +144,68 @@ def test_retention_beyond_a_century_is_refused(conductor: Conductor) -> None:
     with pytest.raises(InvalidInput) as raised:
         conductor.create_task("t", lambda e, c: None, remove_on_complete={"days": 1e9})
     assert raised.value.input == "remove_on_complete"
+
+
+async def test_a_quick_outcome_is_written_while_a_long_handler_runs(conductor: Conductor) -> None:
+    """flush_interval_ms bounds how long an outcome waits, even beside a long handler."""
+    release = asyncio.Event()
+
+    @conductor.task("long")
+    async def long(event: Any, ctx: Any) -> None:
+        await release.wait()
+
+    @conductor.task("quick")
+    async def quick(event: Any, ctx: Any) -> str:
+        return "done"
+
+    await long.invoke({})
+    orchestrator = Orchestrator.create(conductor, default_worker=WorkerConfig(flush_interval_ms=20))
+    await orchestrator.start(handle_signals=False)
+    try:
+        quick_id = await quick.invoke({})
+        # The long handler is still running; the quick result must not wait for it.
+        assert await conductor.wait_for(quick_id, timeout=10) == "done"
+    finally:
+        release.set()
+        await orchestrator.stop()
+
+
+async def test_invoke_and_invoke_many_accept_and_refuse_the_same_payloads(
+    conductor: Conductor, db: DB
+) -> None:
+    from datetime import UTC, datetime
+
+    import pydantic
+
+    class Body(pydantic.BaseModel):
+        n: int
+
+    # A pydantic payload is accepted by both (no task model declared).
+    one = await conductor.invoke("t", Body(n=1))
+    many = await conductor.invoke_many("t", [{"payload": Body(n=2)}])
+    payloads = dict(db.execute("select id, payload from pgconductor.executions").fetchall())
+    assert payloads[one] == {"n": 1} and payloads[many[0]] == {"n": 2}
+    # A datetime inside a payload is not JSON: refused by both, naming the input.
+    with pytest.raises(InvalidInput) as by_one:
+        await conductor.invoke("t", {"at": datetime.now(UTC)})
+    with pytest.raises(InvalidInput) as by_many:
+        await conductor.invoke_many("t", [{"payload": {"at": datetime.now(UTC)}}])
+    assert (by_one.value.input, by_many.value.input) == ("payload", "items[0]")
+    # run_at as a datetime is fine in both.
+    assert len(await conductor.invoke_many("t", [{"run_at": datetime.now(UTC)}])) == 1
+
+
+async def test_a_model_payload_with_a_nul_character_is_refused(conductor: Conductor, db: DB) -> None:
+    import pydantic
+
+    from pgconductor import define_task
+
+    class Body(pydantic.BaseModel):
+        text: str
+
+    typed = Conductor.create(conductor.dsn, tasks=[define_task("typed", payload=Body)])
+    async with typed:
+        with pytest.raises(InvalidInput) as raised:
+            await typed.invoke("typed", {"text": "a\x00b"})
+    assert raised.value.input == "payload"
+    assert db.execute("select count(*) from pgconductor._executions").fetchone() == (0,)
