@@ -49,7 +49,8 @@ create table pgconductor._executions (
     batch_id uuid,
     event_name text not null default 'pgconductor.invoke',
     worker_id uuid,
-    cancel_reason text
+    cancel_reason text,
+    debounce_key text  -- set on debounced executions: their dedupe_key, or '' for the task as a whole
 );
 
 alter sequence pgconductor._executions_seq owned by pgconductor._executions.seq;
@@ -60,12 +61,25 @@ create index _executions_ready on pgconductor._executions (queue, priority desc,
 -- Dedupe look-ups by (task, queue, key).
 create index _executions_dedupe on pgconductor._executions (task_name, queue, dedupe_key)
     where dedupe_key is not null;
+-- The pending execution of a debounce key (at most one).
+create index _executions_debounce on pgconductor._executions (task_name, queue, debounce_key)
+    where debounce_key is not null and status = 'pending';
 -- Running executions by holder: heartbeats, cancellation and lease recovery.
 create index _executions_running on pgconductor._executions (worker_id)
     where status = 'running';
 -- Retention: finished rows with a deadline.
 create index _executions_expiry on pgconductor._executions (expires_at)
     where expires_at is not null;
+
+-- Throttle windows: while window_ends_at is in the future, calls with this key queue
+-- nothing. key is the dedupe_key, or '' for the task as a whole.
+create table pgconductor._throttles (
+    task_name text not null,
+    queue text not null,
+    key text not null,
+    window_ends_at timestamptz not null,
+    primary key (task_name, queue, key)
+);
 
 -- Saved step results of durable executions (used by ctx.step).
 create table pgconductor._steps (
@@ -98,3 +112,4 @@ select pg_catalog.pg_extension_config_dump('pgconductor._tasks', '');
 select pg_catalog.pg_extension_config_dump('pgconductor._executions', '');
 select pg_catalog.pg_extension_config_dump('pgconductor._executions_seq', '');
 select pg_catalog.pg_extension_config_dump('pgconductor._steps', '');
+select pg_catalog.pg_extension_config_dump('pgconductor._throttles', '');

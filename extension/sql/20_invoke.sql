@@ -10,7 +10,7 @@ as $$ select 'pgconductor.q.' || p_queue $$;
 comment on function pgconductor.queue_channel(text) is
     'The LISTEN/NOTIFY channel of a queue: one notification per enqueueing statement.';
 
--- Raises PGC01 (or 0A000) for any invalid enqueue argument; writes nothing.
+-- Raises PGC01 for any invalid enqueue argument; writes nothing.
 -- p_prefix names the input inside a bulk call (e.g. 'items[3].').
 create function pgconductor._check_invoke(
     p_prefix text,
@@ -18,7 +18,8 @@ create function pgconductor._check_invoke(
     p_dedupe_key text,
     p_throttle_seconds int,
     p_debounce_seconds int,
-    p_debounce_max_wait_seconds int
+    p_debounce_max_wait_seconds int,
+    p_run_at timestamptz
 )
 returns void
 language plpgsql
@@ -46,13 +47,13 @@ begin
     if p_debounce_seconds is not null and p_debounce_seconds <= 0 then
         perform pgconductor._invalid(p_prefix || 'debounce_seconds', 'must be positive', p_debounce_seconds::text);
     end if;
-    if p_throttle_seconds is not null or p_debounce_seconds is not null then
-        raise exception using
-            errcode = '0A000',
-            message = 'pgconductor: throttle and debounce are not supported by this version yet',
-            detail = format('%sthrottle_seconds = %s, %sdebounce_seconds = %s',
-                            p_prefix, coalesce(p_throttle_seconds::text, 'null'),
-                            p_prefix, coalesce(p_debounce_seconds::text, 'null'));
+    if p_debounce_seconds is not null and p_run_at is not null then
+        perform pgconductor._invalid(p_prefix || 'run_at', 'cannot be combined with debounce (debounce sets it)',
+            p_run_at::text);
+    end if;
+    if p_debounce_max_wait_seconds is not null and p_debounce_max_wait_seconds <= 0 then
+        perform pgconductor._invalid(p_prefix || 'debounce_max_wait_seconds', 'must be positive',
+            p_debounce_max_wait_seconds::text);
     end if;
 end;
 $$;
@@ -103,12 +104,7 @@ declare
     v_status text;
 begin
     if p_dedupe_key is not null then
-        -- After the lock, a repeatable read snapshot would not see a concurrent caller's row.
-        if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
-            perform pgconductor._invalid('dedupe_key', format('needs a read committed transaction, not %s',
-                pg_catalog.current_setting('transaction_isolation')), p_dedupe_key);
-        end if;
-        perform pg_catalog.pg_advisory_xact_lock(pgconductor._dedupe_lock(p_task_name, p_queue, p_dedupe_key));
+        perform pgconductor._lock_key(p_task_name, p_queue, p_dedupe_key);
 
         -- A pending execution with the key takes the new payload, priority and run_at.
         -- The status re-check makes a concurrent claim win: then we queue a successor.
@@ -172,10 +168,13 @@ declare
 begin
     v_queue := pgconductor._task_queue(invoke.task_name, invoke.queue);
     perform pgconductor._check_invoke('', invoke.payload, invoke.dedupe_key,
+        invoke.throttle_seconds, invoke.debounce_seconds, invoke.debounce_max_wait_seconds, invoke.run_at);
+    v_id := pgconductor._enqueue_any(invoke.task_name, v_queue, invoke.payload, invoke.dedupe_key,
+        coalesce(invoke.priority, 0), invoke.run_at, pgconductor.now(), null,
         invoke.throttle_seconds, invoke.debounce_seconds, invoke.debounce_max_wait_seconds);
-    v_id := pgconductor._enqueue(invoke.task_name, v_queue, invoke.payload,
-        invoke.dedupe_key, coalesce(invoke.priority, 0), invoke.run_at, pgconductor.now());
-    perform pg_catalog.pg_notify(pgconductor.queue_channel(v_queue), '');
+    if v_id is not null then
+        perform pg_catalog.pg_notify(pgconductor.queue_channel(v_queue), '');
+    end if;
     return v_id;
 end;
 $$;
@@ -258,7 +257,8 @@ begin
         -- Ids (plain items) and insertion order (seq) are assigned here, in item order: the
         -- function scan yields items in array order.
         select pg_catalog.array_agg(row(r.ord,
-                   case when r.dedupe_key is null then pg_catalog.gen_random_uuid() end,
+                   case when r.dedupe_key is null and r.throttle_seconds is null and r.debounce_seconds is null
+                        then pg_catalog.gen_random_uuid() end,
                    pg_catalog.nextval('pgconductor._executions_seq'), coalesce(r.payload, '{}'), r.dedupe_key,
                    coalesce(r.priority, 0), r.run_at, r.throttle_seconds, r.debounce_seconds,
                    r.debounce_max_wait_seconds)::pgconductor._invoke_item order by r.ord)
@@ -287,7 +287,7 @@ begin
            or i.debounce_max_wait_seconds is not null
     loop
         perform pgconductor._check_invoke(format('items[%s].', v_item.ord - 1), v_item.payload, v_item.dedupe_key,
-            v_item.throttle_seconds, v_item.debounce_seconds, v_item.debounce_max_wait_seconds);
+            v_item.throttle_seconds, v_item.debounce_seconds, v_item.debounce_max_wait_seconds, v_item.run_at);
     end loop;
     return coalesce(v_items, '{}');
 end;
@@ -309,6 +309,9 @@ declare
     v_now timestamptz := pgconductor.now();
     v_keys text[] := '{}';
     v_ids uuid[] := '{}';
+    v_ords bigint[] := '{}';
+    v_flow_ids uuid[] := '{}';
+    v_id uuid;
     v_last record;
 begin
     v_queue := pgconductor._task_queue(invoke_many.task_name, invoke_many.queue);
@@ -323,36 +326,54 @@ begin
     from pg_catalog.unnest(v_items) i
     where i.id is not null;
 
-    -- Keyed items: the last item of each key wins. Take every lock bucket first, in
-    -- ascending order (no deadlock between bulk calls); seq already fixes the order.
-    perform pg_catalog.pg_advisory_xact_lock(b.lock)
-    from (select distinct pgconductor._dedupe_lock(invoke_many.task_name, v_queue, i.dedupe_key) as lock
-          from pg_catalog.unnest(v_items) i where i.dedupe_key is not null order by 1) b;
+    -- Keyed and flow-control items. Every lock bucket is taken first, in ascending order,
+    -- so two bulk calls cannot deadlock; seq already fixes the insertion order.
+    if exists (select 1 from pg_catalog.unnest(v_items) i where i.id is null) then
+        perform pgconductor._lock_key(invoke_many.task_name, v_queue, b.key)
+        from (select distinct on (pgconductor._dedupe_lock(invoke_many.task_name, v_queue, coalesce(i.dedupe_key, '')))
+                     coalesce(i.dedupe_key, '') as key
+              from pg_catalog.unnest(v_items) i where i.id is null
+              order by pgconductor._dedupe_lock(invoke_many.task_name, v_queue, coalesce(i.dedupe_key, ''))) b;
+    end if;
+    -- Plain keyed items collapse to the last item of each key; throttled and debounced
+    -- items are calls of their own, applied in item order.
     for v_last in
         select * from (
             select distinct on (i.dedupe_key) i.*
             from pg_catalog.unnest(v_items) i
-            where i.dedupe_key is not null
+            where i.dedupe_key is not null and i.throttle_seconds is null and i.debounce_seconds is null
             order by i.dedupe_key, i.ord desc) l
-        order by l.ord
+        union all
+        select * from pg_catalog.unnest(v_items) i
+        where i.throttle_seconds is not null or i.debounce_seconds is not null
+        order by ord
     loop
-        v_keys := v_keys || v_last.dedupe_key;
-        v_ids := v_ids || pgconductor._enqueue(invoke_many.task_name, v_queue, v_last.payload,
-            v_last.dedupe_key, v_last.priority, v_last.run_at, v_now, v_last.seq);
+        v_id := pgconductor._enqueue_any(invoke_many.task_name, v_queue, v_last.payload, v_last.dedupe_key,
+            v_last.priority, v_last.run_at, v_now, v_last.seq,
+            v_last.throttle_seconds, v_last.debounce_seconds, v_last.debounce_max_wait_seconds);
+        if v_last.throttle_seconds is null and v_last.debounce_seconds is null then
+            v_keys := v_keys || v_last.dedupe_key;
+            v_ids := v_ids || v_id;
+        else
+            v_ords := v_ords || v_last.ord;
+            v_flow_ids := v_flow_ids || v_id;
+        end if;
     end loop;
 
     if pg_catalog.cardinality(v_items) > 0 then
         perform pg_catalog.pg_notify(pgconductor.queue_channel(v_queue), '');
     end if;
 
-    if pg_catalog.cardinality(v_keys) = 0 then
+    if pg_catalog.cardinality(v_keys) = 0 and pg_catalog.cardinality(v_ords) = 0 then
         return query select i.id from pg_catalog.unnest(v_items) i;  -- already in item order
         return;
     end if;
     return query
-        select coalesce(i.id, k.id)
+        select coalesce(i.id, f.id, k.id)
         from pg_catalog.unnest(v_items) i
-        left join unnest(v_keys, v_ids) as k(key, id) on k.key = i.dedupe_key
+        left join unnest(v_ords, v_flow_ids) as f(ord, id) on f.ord = i.ord
+        left join unnest(v_keys, v_ids) as k(key, id)
+            on k.key = i.dedupe_key and i.throttle_seconds is null and i.debounce_seconds is null
         order by i.ord;
 end;
 $$;

@@ -91,6 +91,11 @@ begin
     delete from pgconductor._executions e using expired where e.id = expired.id;
     get diagnostics v_deleted = row_count;
 
+    -- Throttle windows that have closed are forgotten (a new call opens a new window).
+    delete from pgconductor._throttles t
+    where t.ctid = any (array(
+        select c.ctid from pgconductor._throttles c where c.window_ends_at <= v_now limit p_chunk));
+
     return pg_catalog.jsonb_build_object(
         'ran', true, 'recovered', v_recovered, 'deleted', v_deleted, 'more', v_deleted = p_chunk);
 end;

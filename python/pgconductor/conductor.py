@@ -46,6 +46,12 @@ ITEM_KEYS = frozenset(
 )
 
 
+def _seconds(input: str, value: object) -> int:
+    if type(value) is not int or not 0 < value < 2**31:
+        raise InvalidInput(input, f"must be a positive whole number of seconds, got {value!r}")
+    return value
+
+
 def _flow_control(
     input: str, throttle: dict[str, Any] | None, debounce: dict[str, Any] | None
 ) -> tuple[int | None, int | None, int | None]:
@@ -55,7 +61,7 @@ def _flow_control(
     if throttle is not None:
         if not isinstance(throttle, dict) or set(throttle) != {"seconds"}:
             raise InvalidInput(f"{input}throttle", f'must be {{"seconds": N}}, got {throttle!r}')
-        return throttle["seconds"], None, None
+        return _seconds(f"{input}throttle.seconds", throttle["seconds"]), None, None
     if debounce is not None:
         if (
             not isinstance(debounce, dict)
@@ -65,7 +71,12 @@ def _flow_control(
             raise InvalidInput(
                 f"{input}debounce", f'must be {{"seconds": N, "max_wait": M}}, got {debounce!r}'
             )
-        return None, debounce["seconds"], debounce.get("max_wait")
+        max_wait = debounce.get("max_wait")
+        return (
+            None,
+            _seconds(f"{input}debounce.seconds", debounce["seconds"]),
+            None if max_wait is None else _seconds(f"{input}debounce.max_wait", max_wait),
+        )
     return None, None, None
 
 
@@ -298,6 +309,8 @@ class Conductor:
         if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
             raise InvalidInput("dedupe_key", f"must be None or a non-empty string, got {dedupe_key!r}")
         throttle_s, debounce_s, max_wait_s = _flow_control("", throttle, debounce)
+        if debounce_s is not None and run_at is not None:
+            raise InvalidInput("run_at", "cannot be combined with debounce (debounce decides when it runs)")
         return sql.invoke_params(
             definition.name,
             definition.dump_payload({} if payload is None else payload),
@@ -407,7 +420,7 @@ class Conductor:
         *,
         queue: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
-    ) -> list[UUID]:
+    ) -> list[UUID | None]:
         """Enqueue many executions of one task in one statement; ids in item order."""
         definition = self.definition(task_name)
         if queue is None and definition.name in self._tasks:
@@ -423,7 +436,7 @@ class Conductor:
         *,
         queue: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
-    ) -> list[UUID]:
+    ) -> list[UUID | None]:
         """Blocking twin of `invoke_many`."""
         definition = self.definition(task_name)
         if queue is None and definition.name in self._tasks:

@@ -181,7 +181,9 @@ select coalesce(array_agg(i), '{}') from pgconductor.invoke_many(%s, %s::jsonb, 
 """
 
 
-async def invoke_many(conn: AsyncConn, task_name: str, items_json: str, queue: str | None) -> list[UUID]:
+async def invoke_many(
+    conn: AsyncConn, task_name: str, items_json: str, queue: str | None
+) -> list[UUID | None]:
     # Binary results: 100,000 uuids decode several times faster than their text form.
     try:
         async with conn.cursor(binary=True) as cur:
@@ -192,7 +194,7 @@ async def invoke_many(conn: AsyncConn, task_name: str, items_json: str, queue: s
     return [] if row is None else list(row[0])
 
 
-def invoke_many_sync(conn: SyncConn, task_name: str, items_json: str, queue: str | None) -> list[UUID]:
+def invoke_many_sync(conn: SyncConn, task_name: str, items_json: str, queue: str | None) -> list[UUID | None]:
     try:
         with conn.cursor(binary=True) as cur:
             cur.execute(INVOKE_MANY, (task_name, items_json, queue))

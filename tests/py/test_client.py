@@ -25,7 +25,6 @@ from pgconductor import (
     ExecutionFailed,
     ExtensionNotAvailable,
     InvalidInput,
-    NotSupported,
     Orchestrator,
     UnknownExecution,
     UnknownTask,
@@ -387,14 +386,6 @@ async def test_invoke_many_bad_item_writes_nothing(
     assert count(db) == 0
 
 
-async def test_invoke_many_throttle_item_is_not_supported_and_writes_nothing(
-    conductor: Conductor, db: Db
-) -> None:
-    with pytest.raises(NotSupported):
-        await conductor.invoke_many("bulk", [{"payload": {}}, {"payload": {}, "throttle": {"seconds": 5}}])
-    assert count(db) == 0
-
-
 # --- transactional enqueue (conn=) -----------------------------------------------------
 
 
@@ -744,17 +735,6 @@ async def test_payload_failing_the_model_is_refused(conductor: Conductor, db: Db
         assert "GreetIn" in str(exc.value)
     with pytest.raises(InvalidInput):
         conductor.invoke_sync("greet", {"nom": "Ada"})
-    assert count(db) == 0
-
-
-async def test_throttle_alone_is_not_supported_and_writes_nothing(conductor: Conductor, db: Db) -> None:
-    with pytest.raises(NotSupported) as exc:
-        await conductor.invoke("t", {}, throttle={"seconds": 5})
-    assert "throttle" in str(exc.value)
-    with pytest.raises(NotSupported):
-        conductor.invoke_sync("t", {}, throttle={"seconds": 5})
-    with pytest.raises(NotSupported):
-        await conductor.invoke("t", {}, debounce={"seconds": 5})
     assert count(db) == 0
 
 

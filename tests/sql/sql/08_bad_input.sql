@@ -1,6 +1,6 @@
 -- Bad input: every invalid argument of the public functions raises SQLSTATE
--- PGC01 (0A000 for throttle/debounce, valid but not supported yet) with a
--- message naming the input and a detail showing its value, and writes nothing.
+-- PGC01 with a message naming the input and a detail showing its value, and
+-- writes nothing.
 \set VERBOSITY terse
 set pgconductor.allow_fake_time = on;
 set timezone = 'UTC';
@@ -80,9 +80,9 @@ select * from pg_temp.error_of($$select pgconductor.invoke('job', debounce_max_w
 -- non-positive windows
 select * from pg_temp.error_of($$select pgconductor.invoke('job', throttle_seconds => 0)$$);
 select * from pg_temp.error_of($$select pgconductor.invoke('job', debounce_seconds => -1)$$);
--- valid throttle / debounce options are refused as not supported yet (0A000)
-select * from pg_temp.error_of($$select pgconductor.invoke('job', throttle_seconds => 5)$$);
-select * from pg_temp.error_of($$select pgconductor.invoke('job', debounce_seconds => 5, debounce_max_wait_seconds => 30)$$);
+-- a non-positive max wait; run_at with debounce (debounce decides when it runs)
+select * from pg_temp.error_of($$select pgconductor.invoke('job', debounce_seconds => 5, debounce_max_wait_seconds => 0)$$);
+select * from pg_temp.error_of($$select pgconductor.invoke('job', debounce_seconds => 5, run_at => '2030-01-01 00:00:00+00')$$);
 -- nothing was written
 select pg_temp.written() = :'before' as nothing_written;
 
@@ -118,7 +118,7 @@ select code, message from pg_temp.error_of($$select pgconductor.invoke_many('job
 select * from pg_temp.error_of($$select pgconductor.invoke_many('job', '[{}, {"throttle_seconds": 5, "debounce_seconds": 5}]')$$);
 select * from pg_temp.error_of($$select pgconductor.invoke_many('job', '[{"debounce_max_wait_seconds": 5}]')$$);
 select * from pg_temp.error_of($$select pgconductor.invoke_many('job', '[{"debounce_seconds": 0}]')$$);
-select * from pg_temp.error_of($$select pgconductor.invoke_many('job', '[{"throttle_seconds": 5}]')$$);
+select * from pg_temp.error_of($$select pgconductor.invoke_many('job', '[{"payload": {}}, {"debounce_seconds": 5, "run_at": "2030-01-01T00:00:00Z"}]')$$);
 -- valid items before a bad one are not written either
 select code, message from pg_temp.error_of($$select pgconductor.invoke_many('job',
     '[{"payload": {"n": 2}}, {"payload": {"n": 3}, "dedupe_key": "k"}, {"payload": "bad"}]')$$);
