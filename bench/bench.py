@@ -116,6 +116,40 @@ def bench_throughput(dsn: str, count: int, env: dict[str, str]) -> None:
     )
 
 
+async def bench_debounce(dsn: str, calls: int, keys: int) -> None:
+    """Debounced calls spread over `keys` keys: one at a time through the client, then all
+    in one invoke_many. Each burst collapses to one pending execution per key."""
+    async with Conductor.create(dsn) as conductor:
+        async with conductor.connection() as conn:
+            await conn.execute("truncate pgconductor._executions cascade")
+        started = time.perf_counter()
+        for n in range(calls):
+            await conductor.invoke("noop", {"n": n}, dedupe_key=f"k{n % keys}", debounce={"seconds": 60})
+        single = time.perf_counter() - started
+        items = [
+            {"payload": {"n": n}, "dedupe_key": f"k{n % keys}", "debounce": {"seconds": 60}}
+            for n in range(calls)
+        ]
+        started = time.perf_counter()
+        await conductor.invoke_many("noop", items)
+        bulk = time.perf_counter() - started
+        pending = next(s.pending for s in await conductor.queue_stats() if s.task_name == "noop")
+    emit(
+        "debounce_calls",
+        {"calls": calls, "keys": keys, "api": "Conductor.invoke, sequential"},
+        pending_executions=pending,
+        seconds=round(single, 3),
+        calls_per_s=round(calls / single),
+    )
+    emit(
+        "debounce_calls",
+        {"calls": calls, "keys": keys, "api": "Conductor.invoke_many, one call"},
+        pending_executions=pending,
+        seconds=round(bulk, 3),
+        calls_per_s=round(calls / bulk),
+    )
+
+
 def bench_latency(dsn: str, samples: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         starts_file = Path(tmp) / "starts"
@@ -162,7 +196,7 @@ def main() -> None:
             "PGCONDUCTOR_BENCH_SERVER", f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
         ),
     )
-    parser.add_argument("--only", default="enqueue,throughput,latency")
+    parser.add_argument("--only", default="enqueue,throughput,latency,debounce")
     parser.add_argument("--enqueue", type=int, default=100_000)
     parser.add_argument("--throughput", type=int, default=50_000)
     parser.add_argument("--latency", type=int, default=200)
@@ -184,6 +218,8 @@ def main() -> None:
         )
     if "latency" in only:
         bench_latency(dsn, args.latency)
+    if "debounce" in only:
+        asyncio.run(bench_debounce(dsn, 10_000, 100))
 
 
 if __name__ == "__main__":

@@ -311,6 +311,9 @@ declare
     v_ids uuid[] := '{}';
     v_ords bigint[] := '{}';
     v_flow_ids uuid[] := '{}';
+    v_debounce_keys text[] := '{}';
+    v_debounce_ids uuid[] := '{}';
+    v_special boolean;
     v_id uuid;
     v_last record;
 begin
@@ -328,35 +331,49 @@ begin
 
     -- Keyed and flow-control items. Every lock bucket is taken first, in ascending order,
     -- so two bulk calls cannot deadlock; seq already fixes the insertion order.
-    if exists (select 1 from pg_catalog.unnest(v_items) i where i.id is null) then
+    v_special := exists (select 1 from pg_catalog.unnest(v_items) i where i.id is null);
+    if v_special then
         perform pgconductor._lock_key(invoke_many.task_name, v_queue, b.key)
         from (select distinct on (pgconductor._dedupe_lock(invoke_many.task_name, v_queue, coalesce(i.dedupe_key, '')))
                      coalesce(i.dedupe_key, '') as key
               from pg_catalog.unnest(v_items) i where i.id is null
               order by pgconductor._dedupe_lock(invoke_many.task_name, v_queue, coalesce(i.dedupe_key, ''))) b;
     end if;
-    -- Plain keyed items collapse to the last item of each key; throttled and debounced
-    -- items are calls of their own, applied in item order.
+    -- Items of one call share one instant, so per key they collapse: plain keyed items
+    -- and debounced items to their last item (every item of the key gets its id), and
+    -- throttled items to their first item (the others are inside its window: null).
     for v_last in
         select * from (
             select distinct on (i.dedupe_key) i.*
             from pg_catalog.unnest(v_items) i
             where i.dedupe_key is not null and i.throttle_seconds is null and i.debounce_seconds is null
-            order by i.dedupe_key, i.ord desc) l
+            order by i.dedupe_key, i.ord desc) k
         union all
-        select * from pg_catalog.unnest(v_items) i
-        where i.throttle_seconds is not null or i.debounce_seconds is not null
+        select * from (
+            select distinct on (coalesce(i.dedupe_key, '')) i.*
+            from pg_catalog.unnest(v_items) i
+            where i.debounce_seconds is not null
+            order by coalesce(i.dedupe_key, ''), i.ord desc) d
+        union all
+        select * from (
+            select distinct on (coalesce(i.dedupe_key, '')) i.*
+            from pg_catalog.unnest(v_items) i
+            where i.throttle_seconds is not null
+            order by coalesce(i.dedupe_key, ''), i.ord) t
         order by ord
     loop
         v_id := pgconductor._enqueue_any(invoke_many.task_name, v_queue, v_last.payload, v_last.dedupe_key,
             v_last.priority, v_last.run_at, v_now, v_last.seq,
             v_last.throttle_seconds, v_last.debounce_seconds, v_last.debounce_max_wait_seconds);
-        if v_last.throttle_seconds is null and v_last.debounce_seconds is null then
-            v_keys := v_keys || v_last.dedupe_key;
-            v_ids := v_ids || v_id;
-        else
+        if v_last.throttle_seconds is not null then
             v_ords := v_ords || v_last.ord;
             v_flow_ids := v_flow_ids || v_id;
+        elsif v_last.debounce_seconds is not null then
+            v_debounce_keys := v_debounce_keys || coalesce(v_last.dedupe_key, '');
+            v_debounce_ids := v_debounce_ids || v_id;
+        else
+            v_keys := v_keys || v_last.dedupe_key;
+            v_ids := v_ids || v_id;
         end if;
     end loop;
 
@@ -364,14 +381,19 @@ begin
         perform pg_catalog.pg_notify(pgconductor.queue_channel(v_queue), '');
     end if;
 
-    if pg_catalog.cardinality(v_keys) = 0 and pg_catalog.cardinality(v_ords) = 0 then
+    if not v_special then
         return query select i.id from pg_catalog.unnest(v_items) i;  -- already in item order
         return;
     end if;
     return query
-        select coalesce(i.id, f.id, k.id)
+        select coalesce(i.id, case
+                   when i.throttle_seconds is not null then f.id
+                   when i.debounce_seconds is not null then d.id
+                   else k.id end)
         from pg_catalog.unnest(v_items) i
         left join unnest(v_ords, v_flow_ids) as f(ord, id) on f.ord = i.ord
+        left join unnest(v_debounce_keys, v_debounce_ids) as d(key, id)
+            on d.key = coalesce(i.dedupe_key, '') and i.debounce_seconds is not null
         left join unnest(v_keys, v_ids) as k(key, id)
             on k.key = i.dedupe_key and i.throttle_seconds is null and i.debounce_seconds is null
         order by i.ord;

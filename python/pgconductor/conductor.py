@@ -114,8 +114,14 @@ class Conductor:
         self._dsn = dsn
         self._own_pool = pool is None
         # check_connection: a connection broken by a server restart is replaced, not handed out.
+        # Autocommit: every client call is one statement, so it needs no COMMIT round trip.
         self._pool = pool or AsyncConnectionPool(
-            dsn or "", min_size=1, max_size=10, open=False, check=AsyncConnectionPool.check_connection
+            dsn or "",
+            min_size=1,
+            max_size=10,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True},
         )
         self._pool_opened = not self._own_pool
         self._pool_lock = asyncio.Lock()
@@ -204,7 +210,12 @@ class Conductor:
             return
         if self._sync_pool is None:
             self._sync_pool = ConnectionPool(
-                self.dsn, min_size=1, max_size=4, open=True, check=ConnectionPool.check_connection
+                self.dsn,
+                min_size=1,
+                max_size=4,
+                open=True,
+                check=ConnectionPool.check_connection,
+                kwargs={"autocommit": True},
             )
         with self._sync_pool.connection() as pooled:
             yield pooled
