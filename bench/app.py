@@ -19,6 +19,10 @@ def orchestrator() -> Orchestrator:
     async def noop(event: Any, ctx: Any) -> None:
         return None
 
+    @conductor.task("limited", concurrency=int(os.environ.get("BENCH_LIMIT", "5")), remove_on_complete=False)
+    async def limited(event: Any, ctx: Any) -> None:
+        return None
+
     @conductor.task("probe", remove_on_complete=False)
     async def probe(event: Any, ctx: Any) -> None:
         # Latency probe: record when the handler started, in wall-clock time.

@@ -80,16 +80,21 @@ async def bench_enqueue(dsn: str, count: int) -> None:
     )
 
 
-def bench_throughput(dsn: str, count: int, env: dict[str, str]) -> None:
+def run_until_done(dsn: str, env: dict[str, str], enqueue: list[tuple[str, int]]) -> dict[str, Any]:
+    """Enqueue `count` no-op executions of each task (interleaved), run one worker process until
+    all are completed, and return per task: completed, seconds (first claim to last
+    completion, database clock) and jobs/s."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("truncate pgconductor._executions cascade")
-        conn.execute(
-            "select count(*) from pgconductor.invoke_many('noop', "
-            "(select jsonb_agg(jsonb_build_object('payload', jsonb_build_object('n', g))) "
-            "from generate_series(1, %s) g))",
-            (count,),
-        )
+        for task, count in enqueue:
+            conn.execute(
+                "select count(*) from pgconductor.invoke_many(%s, "
+                "(select jsonb_agg(jsonb_build_object('payload', jsonb_build_object('n', g))) "
+                "from generate_series(1, %s) g))",
+                (task, count),
+            )
         conn.execute("vacuum analyze pgconductor._executions")
+        total = sum(count for _, count in enqueue)
         proc = start_worker(dsn, **env)
         try:
             deadline = time.monotonic() + 600
@@ -97,22 +102,45 @@ def bench_throughput(dsn: str, count: int, env: dict[str, str]) -> None:
                 row = conn.execute(
                     "select count(*) filter (where status = 'completed') from pgconductor._executions"
                 ).fetchone()
-                if row and row[0] >= count:
+                if row and row[0] >= total:
                     break
                 time.sleep(0.2)
-            first, last, done = conn.execute(
-                "select min(started_at), max(finished_at), count(*) filter (where status = 'completed') "
-                "from pgconductor._executions"
-            ).fetchone()  # type: ignore[misc]
+            rows = conn.execute(
+                "select task_name, min(started_at), max(finished_at), "
+                "count(*) filter (where status = 'completed') from pgconductor._executions group by task_name"
+            ).fetchall()
         finally:
             stop_worker(proc)
-    elapsed = (last - first).total_seconds()
+    out = {}
+    for task, first, last, done in rows:
+        seconds = (last - first).total_seconds()
+        out[task] = {"completed": done, "seconds": round(seconds, 3), "jobs_per_s": round(done / seconds)}
+    return out
+
+
+def bench_throughput(dsn: str, count: int, env: dict[str, str]) -> None:
+    result = run_until_done(dsn, env, [("noop", count)])["noop"]
+    emit("noop_throughput", {"executions": count, "worker_processes": 1, **env}, **result)
+
+
+def bench_mixed_limits(dsn: str, count: int, env: dict[str, str]) -> None:
+    """One queue, a task limited to 5 at once beside an unlimited one: the unlimited task's
+    throughput compared with its throughput alone."""
+    alone = run_until_done(dsn, env, [("noop", count)])["noop"]
+    mixed = run_until_done(dsn, env, [("noop", count), ("limited", count // 5)])
     emit(
-        "noop_throughput",
-        {"executions": count, "worker_processes": 1, **env},
-        completed=done,
-        seconds=round(elapsed, 3),
-        jobs_per_s=round(done / elapsed),
+        "unlimited_beside_limited",
+        {
+            "noop_executions": count,
+            "limited_executions": count // 5,
+            "limited_concurrency": 5,
+            "worker_processes": 1,
+            **env,
+        },
+        alone_jobs_per_s=alone["jobs_per_s"],
+        mixed_jobs_per_s=mixed["noop"]["jobs_per_s"],
+        kept=round(mixed["noop"]["jobs_per_s"] / alone["jobs_per_s"], 3),
+        limited_jobs_per_s=mixed["limited"]["jobs_per_s"],
     )
 
 
@@ -196,7 +224,7 @@ def main() -> None:
             "PGCONDUCTOR_BENCH_SERVER", f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
         ),
     )
-    parser.add_argument("--only", default="enqueue,throughput,latency,debounce")
+    parser.add_argument("--only", default="enqueue,throughput,latency,debounce,limits")
     parser.add_argument("--enqueue", type=int, default=100_000)
     parser.add_argument("--throughput", type=int, default=50_000)
     parser.add_argument("--latency", type=int, default=200)
@@ -205,21 +233,20 @@ def main() -> None:
     dsn = fresh_database(args)
     if "enqueue" in only:
         asyncio.run(bench_enqueue(dsn, args.enqueue))
+    best = {
+        "BENCH_CONCURRENCY": "1000",
+        "BENCH_FETCH": "500",
+        "BENCH_FLUSH_BATCH": "1000",
+        "BENCH_FLUSH_MS": "50",
+    }
     if "throughput" in only:
-        bench_throughput(
-            dsn,
-            args.throughput,
-            {
-                "BENCH_CONCURRENCY": "1000",
-                "BENCH_FETCH": "500",
-                "BENCH_FLUSH_BATCH": "1000",
-                "BENCH_FLUSH_MS": "50",
-            },
-        )
+        bench_throughput(dsn, args.throughput, best)
     if "latency" in only:
         bench_latency(dsn, args.latency)
     if "debounce" in only:
         asyncio.run(bench_debounce(dsn, 10_000, 100))
+    if "limits" in only:
+        bench_mixed_limits(dsn, args.throughput, best)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ create table pgconductor._tasks (
     name text primary key,
     queue text not null,
     max_attempts int not null default 3 check (max_attempts > 0),
+    concurrency int check (concurrency > 0),  -- at most this many running at once; null: no limit
     remove_on_complete interval default interval '7 days',
     remove_on_fail interval default interval '30 days',
     updated_at timestamptz not null
@@ -64,8 +65,9 @@ create index _executions_dedupe on pgconductor._executions (task_name, queue, de
 -- The pending execution of a debounce key (at most one).
 create index _executions_debounce on pgconductor._executions (task_name, queue, debounce_key)
     where debounce_key is not null and status = 'pending';
--- Running executions by holder: heartbeats, cancellation and lease recovery.
-create index _executions_running on pgconductor._executions (worker_id)
+-- Running executions by task (concurrency limits count them) and holder (heartbeats,
+-- cancellation, lease recovery); only running rows, so it stays small.
+create index _executions_running on pgconductor._executions (task_name, worker_id)
     where status = 'running';
 -- Retention: finished rows with a deadline.
 create index _executions_expiry on pgconductor._executions (expires_at)

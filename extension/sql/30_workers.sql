@@ -3,7 +3,7 @@
 -- Registers (or re-registers) a worker and declares its tasks: upserts each task's
 -- queue, max_attempts and retention, and the worker's lease. Refuses bad task
 -- declarations (PGC01) before writing anything.
--- p_tasks: [{"name", "queue", "max_attempts", "remove_on_complete", "remove_on_fail"}, ...]
+-- p_tasks: [{"name", "queue", "max_attempts", "concurrency", "remove_on_complete", "remove_on_fail"}, ...]
 create function pgconductor.register_worker(
     p_worker_id uuid,
     p_name text,
@@ -55,10 +55,19 @@ begin
                 or (v_task ->> 'max_attempts')::numeric > 1000000) then
             perform pgconductor._invalid(v_prefix || 'max_attempts', 'must be a positive integer', (v_task -> 'max_attempts')::text);
         end if;
+        if v_task ? 'concurrency' and v_task -> 'concurrency' <> 'null'::jsonb
+           and (pg_catalog.jsonb_typeof(v_task -> 'concurrency') <> 'number'
+                or (v_task ->> 'concurrency')::numeric <> pg_catalog.trunc((v_task ->> 'concurrency')::numeric)
+                or (v_task ->> 'concurrency')::numeric < 1
+                or (v_task ->> 'concurrency')::numeric > 1000000) then
+            perform pgconductor._invalid(v_prefix || 'concurrency', 'must be null or a positive integer',
+                (v_task -> 'concurrency')::text);
+        end if;
         v_row := row(
             v_task ->> 'name',
             coalesce(v_task ->> 'queue', 'default'),
             coalesce((v_task ->> 'max_attempts')::numeric::int, 3),
+            (v_task ->> 'concurrency')::numeric::int,
             pgconductor._retention(v_prefix || 'remove_on_complete', v_task -> 'remove_on_complete', interval '7 days'),
             pgconductor._retention(v_prefix || 'remove_on_fail', v_task -> 'remove_on_fail', interval '30 days'),
             v_now)::pgconductor._tasks;
@@ -69,11 +78,12 @@ begin
     select distinct r.queue, v_now from pg_catalog.unnest(v_rows) r
     on conflict (name) do nothing;
 
-    insert into pgconductor._tasks as t (name, queue, max_attempts, remove_on_complete, remove_on_fail, updated_at)
-    select r.name, r.queue, r.max_attempts, r.remove_on_complete, r.remove_on_fail, r.updated_at
+    insert into pgconductor._tasks as t
+        (name, queue, max_attempts, concurrency, remove_on_complete, remove_on_fail, updated_at)
+    select r.name, r.queue, r.max_attempts, r.concurrency, r.remove_on_complete, r.remove_on_fail, r.updated_at
     from pg_catalog.unnest(v_rows) r
     on conflict (name) do update set
-        queue = excluded.queue, max_attempts = excluded.max_attempts,
+        queue = excluded.queue, max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
         remove_on_complete = excluded.remove_on_complete, remove_on_fail = excluded.remove_on_fail,
         updated_at = excluded.updated_at;
 

@@ -57,7 +57,8 @@ begin
                        case when r.outcome = 'completed' then interval '7 days' else interval '30 days' end
                    when r.outcome = 'completed' then t.remove_on_complete
                    else t.remove_on_fail
-               end as keep
+               end as keep,
+               t.concurrency is not null as limited
         from r
         join pgconductor._executions e on e.id = r.id
         left join pgconductor._tasks t on t.name = e.task_name
@@ -92,11 +93,12 @@ begin
         returning e.id
     )
     select (select pg_catalog.count(*) from removed) + (select pg_catalog.count(*) from updated),
-           (select pg_catalog.array_agg(distinct cur.queue) from cur where cur.next = 'pending'),
+           (select pg_catalog.array_agg(distinct cur.queue) from cur where cur.next = 'pending' or cur.limited),
            exists (select 1 from cur where cur.next in ('completed', 'failed', 'cancelled'))
     into v_applied, v_released_queues, v_finished;
 
-    -- Released work is ready now: wake the queue's workers. Waiters on results re-check.
+    -- Released work is ready now, and a limited task's slot may have freed: wake the
+    -- queue's workers. Waiters on results re-check.
     perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '') from pg_catalog.unnest(v_released_queues) q;
     if v_finished then
         perform pg_catalog.pg_notify('pgconductor.finished', '');

@@ -153,6 +153,7 @@ class Task:
     handler: Handler
     queue: str = "default"
     max_attempts: int = 3
+    concurrency: int | None = None
     remove_on_complete: Retention = field(default_factory=lambda: {"days": 7.0})
     remove_on_fail: Retention = field(default_factory=lambda: {"days": 30.0})
     triggers: tuple[Invocable, ...] = (Invocable(),)
@@ -165,6 +166,10 @@ class Task:
         check_name("queue", self.queue, 48)
         if type(self.max_attempts) is not int or self.max_attempts < 1:
             raise InvalidInput("max_attempts", f"must be a positive integer, got {self.max_attempts!r}")
+        if self.concurrency is not None and (
+            type(self.concurrency) is not int or not 1 <= self.concurrency <= 1_000_000
+        ):
+            raise InvalidInput("concurrency", f"must be None or a positive integer, got {self.concurrency!r}")
         check_retention("remove_on_complete", self.remove_on_complete)
         check_retention("remove_on_fail", self.remove_on_fail)
         for trigger in self.triggers:
@@ -182,6 +187,7 @@ class Task:
             "name": self.name,
             "queue": self.queue,
             "max_attempts": self.max_attempts,
+            "concurrency": self.concurrency,
             "remove_on_complete": self.remove_on_complete,
             "remove_on_fail": self.remove_on_fail,
         }

@@ -400,6 +400,9 @@ class Worker:
                 await self._write_one(item)
         for execution_id, _ in batch:
             self._unreported.discard(execution_id)
+        # Finished executions may have freed concurrency slots: look again if idle.
+        if self._idle:
+            self._kick.set()
 
     async def _write(self, batch: list[tuple[UUID, str]]) -> None:
         payload = "[" + ",".join(fragment for _, fragment in batch) + "]"
