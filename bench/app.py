@@ -19,8 +19,14 @@ def orchestrator() -> Orchestrator:
     async def noop(event: Any, ctx: Any) -> None:
         return None
 
+    plain_only = os.environ.get("BENCH_PLAIN_ONLY") == "1"
+
     @conductor.task("limited", concurrency=int(os.environ.get("BENCH_LIMIT", "5")), remove_on_complete=False)
     async def limited(event: Any, ctx: Any) -> None:
+        return None
+
+    @conductor.task("batch", batch={"size": 100, "timeout_ms": 50}, remove_on_complete=False)
+    async def batch(events: Any, ctx: Any) -> None:
         return None
 
     @conductor.task("probe", remove_on_complete=False)
@@ -36,4 +42,5 @@ def orchestrator() -> Orchestrator:
         flush_interval_ms=int(os.environ.get("BENCH_FLUSH_MS", "50")),
         poll_interval_ms=int(os.environ.get("BENCH_POLL_MS", "1000")),
     )
-    return Orchestrator.create(conductor, default_worker=config)
+    tasks = [noop, probe] if plain_only else None
+    return Orchestrator.create(conductor, tasks=tasks, default_worker=config)

@@ -144,6 +144,24 @@ def bench_mixed_limits(dsn: str, count: int, env: dict[str, str]) -> None:
     )
 
 
+def bench_batch(dsn: str, count: int) -> None:
+    """No-op batch task, groups of 100: events per second through one worker process."""
+    env = {
+        "BENCH_CONCURRENCY": "20",
+        "BENCH_FETCH": "20",
+        "BENCH_FLUSH_BATCH": "2000",
+        "BENCH_FLUSH_MS": "50",
+    }
+    result = run_until_done(dsn, env, [("batch", count)])["batch"]
+    emit(
+        "batch_throughput",
+        {"events": count, "batch_size": 100, "worker_processes": 1, **env},
+        completed=result["completed"],
+        seconds=result["seconds"],
+        events_per_s=result["jobs_per_s"],
+    )
+
+
 async def bench_debounce(dsn: str, calls: int, keys: int) -> None:
     """Debounced calls spread over `keys` keys: one at a time through the client, then all
     in one invoke_many. Each burst collapses to one pending execution per key."""
@@ -224,7 +242,7 @@ def main() -> None:
             "PGCONDUCTOR_BENCH_SERVER", f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
         ),
     )
-    parser.add_argument("--only", default="enqueue,throughput,latency,debounce,limits")
+    parser.add_argument("--only", default="enqueue,throughput,latency,debounce,limits,batch")
     parser.add_argument("--enqueue", type=int, default=100_000)
     parser.add_argument("--throughput", type=int, default=50_000)
     parser.add_argument("--latency", type=int, default=200)
@@ -247,6 +265,8 @@ def main() -> None:
         asyncio.run(bench_debounce(dsn, 10_000, 100))
     if "limits" in only:
         bench_mixed_limits(dsn, args.throughput, best)
+    if "batch" in only:
+        bench_batch(dsn, 100_000)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ create table pgconductor._tasks (
     queue text not null,
     max_attempts int not null default 3 check (max_attempts > 0),
     concurrency int check (concurrency > 0),  -- at most this many running at once; null: no limit
+    batch_size int check (batch_size > 0),    -- batch task: handlers get groups of up to this many
+    batch_timeout_ms int check (batch_timeout_ms >= 0),  -- ... or fewer once the oldest waited this long
     remove_on_complete interval default interval '7 days',
     remove_on_fail interval default interval '30 days',
     updated_at timestamptz not null
@@ -58,6 +60,10 @@ alter sequence pgconductor._executions_seq owned by pgconductor._executions.seq;
 
 -- The claim's index: only pending rows, in claim order. Finished rows never enter it.
 create index _executions_ready on pgconductor._executions (queue, priority desc, run_at, seq)
+    where status = 'pending';
+-- The same per task: claims of tasks with a concurrency limit or a batch size pick and
+-- count their own ready rows through it, whatever else waits in the queue.
+create index _executions_ready_by_task on pgconductor._executions (queue, task_name, priority desc, run_at, seq)
     where status = 'pending';
 -- Dedupe look-ups by (task, queue, key).
 create index _executions_dedupe on pgconductor._executions (task_name, queue, dedupe_key)

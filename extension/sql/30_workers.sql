@@ -3,7 +3,8 @@
 -- Registers (or re-registers) a worker and declares its tasks: upserts each task's
 -- queue, max_attempts and retention, and the worker's lease. Refuses bad task
 -- declarations (PGC01) before writing anything.
--- p_tasks: [{"name", "queue", "max_attempts", "concurrency", "remove_on_complete", "remove_on_fail"}, ...]
+-- p_tasks: [{"name", "queue", "max_attempts", "concurrency", "batch": {"size", "timeout_ms"},
+--            "remove_on_complete", "remove_on_fail"}, ...]
 create function pgconductor.register_worker(
     p_worker_id uuid,
     p_name text,
@@ -63,11 +64,24 @@ begin
             perform pgconductor._invalid(v_prefix || 'concurrency', 'must be null or a positive integer',
                 (v_task -> 'concurrency')::text);
         end if;
+        if v_task ? 'batch' and v_task -> 'batch' <> 'null'::jsonb and not coalesce((
+               pg_catalog.jsonb_typeof(v_task -> 'batch') = 'object'
+               and (v_task -> 'batch') - '{size,timeout_ms}'::text[] = '{}'::jsonb
+               and pg_catalog.jsonb_typeof(v_task -> 'batch' -> 'size') = 'number'
+               and pg_catalog.jsonb_typeof(v_task -> 'batch' -> 'timeout_ms') = 'number'
+               and (v_task -> 'batch' ->> 'size') ~ '^[0-9]{1,5}$'
+               and (v_task -> 'batch' ->> 'size')::int between 1 and 10000
+               and (v_task -> 'batch' ->> 'timeout_ms') ~ '^[0-9]{1,9}$'), false) then
+            perform pgconductor._invalid(v_prefix || 'batch',
+                'must be null or {"size": 1..10000, "timeout_ms": N >= 0}', (v_task -> 'batch')::text);
+        end if;
         v_row := row(
             v_task ->> 'name',
             coalesce(v_task ->> 'queue', 'default'),
             coalesce((v_task ->> 'max_attempts')::numeric::int, 3),
             (v_task ->> 'concurrency')::numeric::int,
+            (v_task -> 'batch' ->> 'size')::int,
+            (v_task -> 'batch' ->> 'timeout_ms')::int,
             pgconductor._retention(v_prefix || 'remove_on_complete', v_task -> 'remove_on_complete', interval '7 days'),
             pgconductor._retention(v_prefix || 'remove_on_fail', v_task -> 'remove_on_fail', interval '30 days'),
             v_now)::pgconductor._tasks;
@@ -79,11 +93,14 @@ begin
     on conflict (name) do nothing;
 
     insert into pgconductor._tasks as t
-        (name, queue, max_attempts, concurrency, remove_on_complete, remove_on_fail, updated_at)
-    select r.name, r.queue, r.max_attempts, r.concurrency, r.remove_on_complete, r.remove_on_fail, r.updated_at
+        (name, queue, max_attempts, concurrency, batch_size, batch_timeout_ms, remove_on_complete,
+         remove_on_fail, updated_at)
+    select r.name, r.queue, r.max_attempts, r.concurrency, r.batch_size, r.batch_timeout_ms,
+           r.remove_on_complete, r.remove_on_fail, r.updated_at
     from pg_catalog.unnest(v_rows) r
     on conflict (name) do update set
         queue = excluded.queue, max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
+        batch_size = excluded.batch_size, batch_timeout_ms = excluded.batch_timeout_ms,
         remove_on_complete = excluded.remove_on_complete, remove_on_fail = excluded.remove_on_fail,
         updated_at = excluded.updated_at;
 

@@ -1,12 +1,82 @@
 -- pgconductor: claiming ready executions (the hot path).
 
--- Claims up to p_limit ready executions of a queue for a worker in one statement:
--- pending, run_at reached, of one of p_task_names (null: any task), in the order
--- priority desc, run_at, insertion order. Rows locked by another claim are skipped
--- (SKIP LOCKED), so no execution is ever handed to two workers. Each claimed row
--- becomes running, counts one attempt, and comes back with its stored steps.
--- Tasks with a concurrency limit never have more than that many running executions
--- across all workers. Raises PGC03 unless the worker is registered with a live lease.
+-- Claims up to p_limit ready executions in one statement: pending, run_at reached, in
+-- the queue, of p_task_name if given, else of p_task_names (null: any) except p_exclude;
+-- in the order priority desc, run_at, insertion order; rows locked by another claim are
+-- skipped. Each becomes running (one attempt counted) and comes back with its stored
+-- steps; with p_batch_size, rows are numbered into groups of that size (batch_group).
+create function pgconductor._claim_rows(
+    p_worker_id uuid,
+    p_queue text,
+    p_task_name text,
+    p_task_names text[],
+    p_exclude text[],
+    p_limit int,
+    p_now timestamptz,
+    p_batch_size int
+)
+returns table (
+    id uuid,
+    task_name text,
+    payload jsonb,
+    attempt int,
+    max_attempts int,
+    event_name text,
+    steps jsonb,
+    batch_group int
+)
+language plpgsql
+volatile
+set search_path = ''
+set plan_cache_mode = force_custom_plan  -- see claim
+as $$
+begin
+    return query
+    with picked as (
+        select e.id
+        from pgconductor._executions e
+        where e.status = 'pending'
+          and e.queue = p_queue
+          and e.run_at <= p_now
+          and (p_task_name is null or e.task_name = p_task_name)
+          and (p_task_names is null or e.task_name = any (p_task_names))
+          and not (e.task_name = any (p_exclude))
+        order by e.priority desc, e.run_at, e.seq
+        limit p_limit
+        for update skip locked
+    ), claimed as (
+        update pgconductor._executions e
+        set status = 'running', attempts = e.attempts + 1, started_at = p_now, worker_id = p_worker_id
+        from picked
+        where e.id = picked.id
+        returning e.id, e.task_name, e.payload, e.attempts, e.max_attempts, e.event_name,
+                  e.priority, e.run_at, e.seq
+    )
+    select c.id, c.task_name, c.payload, c.attempts,
+           pgconductor._max_attempts(c.task_name, c.max_attempts),
+           c.event_name,
+           (select pg_catalog.jsonb_object_agg(s.name, s.result)
+            from pgconductor._steps s where s.execution_id = c.id),
+           case when p_batch_size is not null then
+               ((pg_catalog.row_number() over (order by c.priority desc, c.run_at, c.seq) - 1) / p_batch_size)::int
+           end
+    from claimed c
+    order by c.priority desc, c.run_at, c.seq;
+end;
+$$;
+
+-- Claims ready executions of a queue for a worker: up to p_limit handler runs, where a
+-- run is one execution, or one group of a batch task. Never hands an execution (or a
+-- group) to two workers (SKIP LOCKED; groups are formed inside one claim).
+--   Tasks with a concurrency limit never have more than that many running executions
+--   across all workers: the free slots are the limit minus the running count, so a slot
+--   frees itself on every way out of running.
+--   Batch tasks are claimed in groups of their size; a smaller group only once its
+--   oldest ready execution has waited timeout_ms.
+--   Limited and batch tasks are each served by one claim at a time (transaction advisory
+--   lock; a claim that cannot take it leaves the task out this time instead of waiting),
+--   each with at most half of the runs still to hand out, so no backlog starves the rest.
+-- Raises PGC03 unless the worker is registered with a live lease.
 create function pgconductor.claim(
     p_worker_id uuid,
     p_queue text,
@@ -20,19 +90,25 @@ returns table (
     attempt int,
     max_attempts int,
     event_name text,
-    steps jsonb
+    steps jsonb,
+    batch_group int
 )
 language plpgsql
 volatile
 set search_path = ''
+-- Plans for the values at hand: a generic plan misjudges how many rows are ready and can
+-- fall back to a sequential scan and sort of the whole table.
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_now timestamptz := pgconductor.now();
     v_task record;
-    v_free int;
-    v_limited text[] := '{}';
-    v_capped text[] := '{}';
-    v_caps int[] := '{}';
+    v_special text[] := '{}';
+    v_remaining int := p_limit;
+    v_cap int;
+    v_ready int;
+    v_oldest timestamptz;
+    v_claimed int;
 begin
     if p_limit is null or p_limit < 1 then
         perform pgconductor._invalid('limit', 'must be a positive integer', p_limit::text);
@@ -47,71 +123,78 @@ begin
             detail = format('worker_id = %s', p_worker_id),
             hint = 'call pgconductor.register_worker again';
     end if;
-    -- Tasks with a concurrency limit: each is served by one claim at a time (a transaction
-    -- advisory lock; a claim that cannot take it leaves the task out this time instead of
-    -- waiting), and gets at most limit - running executions. Running rows are counted, so
-    -- a slot frees itself on every way out of running (report, cancel, release, recovery).
+
     for v_task in
-        select t.name, t.concurrency from pgconductor._tasks t
-        where t.concurrency is not null and (p_task_names is null or t.name = any (p_task_names))
+        select t.name, t.concurrency, t.batch_size, t.batch_timeout_ms from pgconductor._tasks t
+        where (t.concurrency is not null or t.batch_size is not null)
+          and (p_task_names is null or t.name = any (p_task_names))
+        order by t.name
     loop
-        v_limited := v_limited || v_task.name;
-        if pg_catalog.pg_try_advisory_xact_lock(
-                pg_catalog.hashtextextended('pgconductor.concurrency' || chr(31) || v_task.name, 0)) then
-            v_free := v_task.concurrency - (select pg_catalog.count(*)::int from pgconductor._executions r
-                                            where r.status = 'running' and r.task_name = v_task.name);
-            if v_free > 0 then
-                v_capped := v_capped || v_task.name;
-                v_caps := v_caps || least(v_free, p_limit);
-            end if;
+        v_special := v_special || v_task.name;
+        continue when v_remaining = 0;
+        continue when not pg_catalog.pg_try_advisory_xact_lock(
+            pg_catalog.hashtextextended('pgconductor.claim' || chr(31) || v_task.name, 0));
+        -- At most half of what is left, so tasks served after it (and the other tasks of
+        -- the queue) are not starved by a backlog of this one.
+        v_cap := greatest(1, (v_remaining + 1) / 2) * coalesce(v_task.batch_size, 1);
+        if v_task.concurrency is not null then
+            v_cap := least(v_cap, v_task.concurrency - (
+                select pg_catalog.count(*)::int from pgconductor._executions r
+                where r.status = 'running' and r.task_name = v_task.name));
         end if;
+        continue when v_cap <= 0;
+        if v_task.batch_size is not null then
+            select pg_catalog.count(*)::int, pg_catalog.min(x.run_at) into v_ready, v_oldest
+            from (select e.run_at from pgconductor._executions e
+                  where e.status = 'pending' and e.queue = p_queue and e.task_name = v_task.name
+                    and e.run_at <= v_now
+                  order by e.priority desc, e.run_at, e.seq  -- the claim's order: the ready index
+                  limit v_cap) x;
+            -- Full groups only, unless the oldest ready one has waited long enough.
+            if v_oldest is null or v_oldest > v_now - pg_catalog.make_interval(secs => v_task.batch_timeout_ms / 1000.0) then
+                v_cap := least(v_cap, (v_ready / v_task.batch_size) * v_task.batch_size);
+            end if;
+            continue when v_cap <= 0;
+        end if;
+        return query select * from pgconductor._claim_rows(
+            p_worker_id, p_queue, v_task.name, null, '{}', v_cap, v_now, v_task.batch_size);
+        get diagnostics v_claimed = row_count;
+        v_remaining := v_remaining - case
+            when v_task.batch_size is null then v_claimed
+            else (v_claimed + v_task.batch_size - 1) / v_task.batch_size end;
     end loop;
 
-    return query
-    with free_picks as (
-        select e.id, e.priority, e.run_at, e.seq
-        from pgconductor._executions e
-        where e.status = 'pending'
-          and e.queue = p_queue
-          and e.run_at <= v_now
-          and (p_task_names is null or e.task_name = any (p_task_names))
-          and not (e.task_name = any (v_limited))
-        order by e.priority desc, e.run_at, e.seq
-        limit p_limit
-        for update skip locked
-    ), capped_picks as (
-        select x.id, x.priority, x.run_at, x.seq
-        from unnest(v_capped, v_caps) as c(name, cap)
-        cross join lateral (
+    if v_remaining > 0 then
+        return query
+        with free_picks as (
             select e.id, e.priority, e.run_at, e.seq
             from pgconductor._executions e
-            where e.status = 'pending' and e.queue = p_queue and e.run_at <= v_now and e.task_name = c.name
+            where e.status = 'pending'
+              and e.queue = p_queue
+              and e.run_at <= v_now
+              and (p_task_names is null or e.task_name = any (p_task_names))
+              and not (e.task_name = any (v_special))
             order by e.priority desc, e.run_at, e.seq
-            limit c.cap
-            for update skip locked) x
-    ), picked as (
-        select p.id from (
-            select * from free_picks
-            union all
-            select * from capped_picks) p
-        order by p.priority desc, p.run_at, p.seq
-        limit p_limit
-    ), claimed as (
-        update pgconductor._executions e
-        set status = 'running', attempts = e.attempts + 1, started_at = v_now, worker_id = p_worker_id
-        from picked
-        where e.id = picked.id
-        returning e.id, e.task_name, e.payload, e.attempts, e.max_attempts, e.event_name,
-                  e.priority, e.run_at, e.seq
-    )
-    select c.id, c.task_name, c.payload, c.attempts,
-           pgconductor._max_attempts(c.task_name, c.max_attempts),
-           c.event_name,
-           (select pg_catalog.jsonb_object_agg(s.name, s.result)
-            from pgconductor._steps s where s.execution_id = c.id)
-    from claimed c
-    order by c.priority desc, c.run_at, c.seq;
+            limit v_remaining
+            for update skip locked
+        ), claimed as (
+            update pgconductor._executions e
+            set status = 'running', attempts = e.attempts + 1, started_at = v_now, worker_id = p_worker_id
+            from free_picks
+            where e.id = free_picks.id
+            returning e.id, e.task_name, e.payload, e.attempts, e.max_attempts, e.event_name,
+                      e.priority, e.run_at, e.seq
+        )
+        select c.id, c.task_name, c.payload, c.attempts,
+               pgconductor._max_attempts(c.task_name, c.max_attempts),
+               c.event_name,
+               (select pg_catalog.jsonb_object_agg(s.name, s.result)
+                from pgconductor._steps s where s.execution_id = c.id),
+               null::int
+        from claimed c
+        order by c.priority desc, c.run_at, c.seq;
+    end if;
 end;
 $$;
 comment on function pgconductor.claim(uuid, text, text[], int) is
-    'Worker: claim up to p_limit ready executions of a queue (SKIP LOCKED; priority desc, run_at, insertion order) with their steps.';
+    'Worker: claim up to p_limit handler runs of a queue (SKIP LOCKED; priority desc, run_at, insertion order), honouring concurrency limits and batch groups.';

@@ -1,7 +1,7 @@
 """pgconductor: durable task execution inside Postgres."""
 
 from .conductor import EXTENSION_VERSION, Conductor
-from .context import AbortSignal, TaskContext, TaskEvent
+from .context import AbortSignal, BatchContext, TaskContext, TaskEvent
 from .errors import (
     Cancelled,
     ExecutionCancelled,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EXTENSION_VERSION",
     "AbortSignal",
+    "BatchContext",
     "Cancelled",
     "Conductor",
     "ExecutionCancelled",

@@ -253,15 +253,15 @@ class Conductor:
         batch: Any = None,
     ) -> Task:
         """Register `handler` for a task and return its handle."""
-        for option, value in (("window", window), ("batch", batch)):
-            if value is not None:
-                raise NotSupported(f"task option {option}= is not supported by this version")
+        if window is not None:
+            raise NotSupported("task option window= is not supported by this version")
         created = Task(
             definition=self.definition(task),
             handler=handler,
             queue=queue,
             max_attempts=max_attempts,
             concurrency=concurrency,
+            batch=batch,
             remove_on_complete={"days": 7} if remove_on_complete is None else remove_on_complete,
             remove_on_fail={"days": 30} if remove_on_fail is None else remove_on_fail,
             triggers=tuple(triggers) if triggers is not None else (Invocable(),),

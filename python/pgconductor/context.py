@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from .errors import PgConductorError
+
 logger = logging.getLogger("pgconductor")
 
 
@@ -82,3 +84,48 @@ class TaskContext:
             raise AttributeError(
                 f"ctx has no attribute {name!r} (Conductor context keys: {sorted(self._values)})"
             ) from None
+
+
+class BatchContext:
+    """The `ctx` of a batch handler: logger and signal. Durable helpers (step, sleep, invoke,
+    checkpoint) act on one execution and are not available for a group."""
+
+    __slots__ = ("_logger", "executions", "signal", "task_name")
+
+    def __init__(self, task_name: str, executions: list[tuple[UUID, int]]) -> None:
+        self.task_name = task_name
+        self.executions = executions  # (execution id, attempt) of each event, in event order
+        self.signal = AbortSignal()
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def execution_ids(self) -> list[UUID]:
+        return [execution_id for execution_id, _ in self.executions]
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the task and the group's execution ids."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logger,
+                {"task": self.task_name, "execution_ids": [str(i) for i in self.execution_ids]},
+            )
+        return self._logger
+
+    def _unavailable(self, name: str) -> PgConductorError:
+        return PgConductorError(
+            f"ctx.{name} is not available in batch handlers (task {self.task_name!r}): "
+            "it acts on one execution, and a batch handler runs a group"
+        )
+
+    async def step(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._unavailable("step")
+
+    async def sleep(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._unavailable("sleep")
+
+    async def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._unavailable("invoke")
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._unavailable("checkpoint")

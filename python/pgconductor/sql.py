@@ -35,6 +35,7 @@ class ClaimedExecution:
     max_attempts: int
     event_name: str
     steps: dict[str, Any] | None
+    batch_group: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,7 @@ class Task:
     queue: str = "default"
     max_attempts: int = 3
     concurrency: int | None = None
+    batch: dict[str, int] | None = None
     remove_on_complete: Retention = field(default_factory=lambda: {"days": 7.0})
     remove_on_fail: Retention = field(default_factory=lambda: {"days": 30.0})
     triggers: tuple[Invocable, ...] = (Invocable(),)
@@ -170,6 +171,17 @@ class Task:
             type(self.concurrency) is not int or not 1 <= self.concurrency <= 1_000_000
         ):
             raise InvalidInput("concurrency", f"must be None or a positive integer, got {self.concurrency!r}")
+        if self.batch is not None and not (
+            isinstance(self.batch, dict)
+            and set(self.batch) == {"size", "timeout_ms"}
+            and type(self.batch["size"]) is int
+            and 1 <= self.batch["size"] <= 10_000
+            and type(self.batch["timeout_ms"]) is int
+            and 0 <= self.batch["timeout_ms"] < 10**9
+        ):
+            raise InvalidInput(
+                "batch", f'must be None or {{"size": 1..10000, "timeout_ms": N >= 0}}, got {self.batch!r}'
+            )
         check_retention("remove_on_complete", self.remove_on_complete)
         check_retention("remove_on_fail", self.remove_on_fail)
         for trigger in self.triggers:
@@ -188,6 +200,7 @@ class Task:
             "queue": self.queue,
             "max_attempts": self.max_attempts,
             "concurrency": self.concurrency,
+            "batch": self.batch,
             "remove_on_complete": self.remove_on_complete,
             "remove_on_fail": self.remove_on_fail,
         }

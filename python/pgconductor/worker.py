@@ -23,8 +23,8 @@ from uuid import UUID
 import psycopg
 
 from . import sql
-from .context import TaskContext, TaskEvent
-from .errors import InvalidInput, LeaseExpired
+from .context import BatchContext, TaskContext, TaskEvent
+from .errors import InvalidInput, InvalidResult, LeaseExpired
 from .task import Task
 
 if TYPE_CHECKING:
@@ -132,7 +132,9 @@ class Worker:
         self.name = name or f"{queue}-{self.id.hex[:8]}"
         self._batch = min(config.fetch_batch_size or config.concurrency, config.concurrency)
         self._task_names = sorted(self.tasks)
-        self._running: dict[RunningKey, tuple[asyncio.Task[None], TaskContext, bool]] = {}
+        # Every running execution -> its handler run (a batch group's members share one).
+        self._running: dict[RunningKey, tuple[asyncio.Task[None], TaskContext | BatchContext, bool]] = {}
+        self._active = 0  # handler runs in progress: what `concurrency` limits
         self._unreported: set[UUID] = set()
         self._buffer: list[tuple[UUID, str]] = []
         self._kick = asyncio.Event()
@@ -184,6 +186,7 @@ class Worker:
             "queue": self.queue,
             "tasks": self._task_names,
             "running": len(self._running),
+            "active_runs": self._active,
             "buffered": len(self._buffer),
             "claimed": self.claimed,
             "completed": self.completed,
@@ -216,20 +219,20 @@ class Worker:
         threshold = max(1, self._batch // 4)
         poll_s = self.config.poll_interval_ms / 1000
         while not self._stopping:
-            free = concurrency - len(self._running)
+            free = concurrency - self._active
             if free < threshold:
                 # Wait for completions; clear first so an old kick cannot spin the loop.
                 self._idle = False
                 self._kick.clear()
-                if concurrency - len(self._running) < threshold and not self._stopping:
+                if concurrency - self._active < threshold and not self._stopping:
                     await self._wait_kick(poll_s)
                 continue
             limit = min(free, self._batch)
             self._kick.clear()
             rows = await self._claim(limit)
-            for row in rows:
-                self._start(row)
-            if len(rows) == limit:
+            # Any work found: look again at once (a claim may hand out less than asked, e.g.
+            # a batch or limited task takes at most half of it); idle only on an empty claim.
+            if self._start(rows):
                 continue
             self._idle = True
             if drain and not rows and not self._running:
@@ -250,8 +253,7 @@ class Worker:
             self._flush_wake.set()
             await asyncio.sleep(0.005)
         rows = await self._claim(self._batch)
-        for row in rows:
-            self._start(row)
+        self._start(rows)
         return not rows and not self._running
 
     async def _claim(self, limit: int) -> list[sql.ClaimedExecution]:
@@ -280,15 +282,29 @@ class Worker:
         self.claimed += len(rows)
         return rows
 
-    def _start(self, row: sql.ClaimedExecution) -> None:
-        task = self.tasks[row.task_name]
-        ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context)
-        self._unreported.add(row.id)
-        self._running[(row.id, row.attempt)] = (
-            asyncio.create_task(self._execute(task, row, ctx)),
-            ctx,
-            task.is_async,
-        )
+    def _start(self, rows: list[sql.ClaimedExecution]) -> int:
+        """Start a handler run per execution, or per group for batch tasks; returns how many."""
+        groups: dict[tuple[str, int], list[sql.ClaimedExecution]] = {}
+        runs = 0
+        for row in rows:
+            self._unreported.add(row.id)
+            if row.batch_group is not None:
+                groups.setdefault((row.task_name, row.batch_group), []).append(row)
+                continue
+            task = self.tasks[row.task_name]
+            ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context)
+            run = asyncio.create_task(self._execute(task, row, ctx))
+            self._running[(row.id, row.attempt)] = (run, ctx, task.is_async)
+            runs += 1
+        for (task_name, _), members in groups.items():
+            task = self.tasks[task_name]
+            batch_ctx = BatchContext(task_name, [(r.id, r.attempt) for r in members])
+            run = asyncio.create_task(self._execute_group(task, members, batch_ctx))
+            for row in members:
+                self._running[(row.id, row.attempt)] = (run, batch_ctx, task.is_async)
+            runs += 1
+        self._active += runs
+        return runs
 
     async def _execute(self, task: Task, row: sql.ClaimedExecution, ctx: TaskContext) -> None:
         started = time.monotonic()
@@ -331,12 +347,68 @@ class Worker:
                         "duration_ms": round((time.monotonic() - started) * 1000, 3),
                     },
                 )
-        del self._running[(row.id, row.attempt)]
-        self._buffer.append((row.id, fragment))
+        self._done([(row, fragment)])
+
+    async def _execute_group(self, task: Task, rows: list[sql.ClaimedExecution], ctx: BatchContext) -> None:
+        """Run a batch handler on a group: one result per event (or None); an exception, or
+        a result of the wrong length, fails every execution of the group."""
+        started = time.monotonic()
+        heads = [f'{{"id":"{row.id}","attempt":{row.attempt},"outcome":' for row in rows]
+        try:
+            events = [TaskEvent(row.event_name, task.definition.parse_payload(row.payload)) for row in rows]
+            if task.is_async:
+                result = await task.handler(events, ctx)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._thread_pool(), task.handler, events, ctx
+                )
+            if result is None:
+                results = ["null"] * len(rows)
+            elif isinstance(result, list | tuple) and len(result) == len(rows):
+                results = [task.definition.dump_result(item) for item in result]
+            else:
+                got = f"{len(result)} results" if isinstance(result, list | tuple) else type(result).__name__
+                raise InvalidResult(
+                    f"batch task {task.name!r} must return None or a list of {len(rows)} results "
+                    f"(one per event), got {got}"
+                )
+            fragments = [
+                f'{head}"completed","result":{text}}}' for head, text in zip(heads, results, strict=True)
+            ]
+            self.completed += len(rows)
+        except asyncio.CancelledError:
+            fragments = [f'{head}"released"}}' for head in heads]
+            self.released += len(rows)
+        except Exception as exc:
+            error = _error_json(exc)
+            fragments = [f'{head}"failed","error":{error}}}' for head in heads]
+            self.failed += len(rows)
+            logger.warning(
+                "batch failed: %s: %s",
+                type(exc).__name__,
+                exc,
+                extra={
+                    "task": task.name,
+                    "execution_ids": [str(row.id) for row in rows],
+                    "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                },
+            )
+        self._done(list(zip(rows, fragments, strict=True)))
+
+    def _done(self, outcomes: list[tuple[sql.ClaimedExecution, str]]) -> None:
+        """Buffer the outcomes of one handler run and free its slot."""
+        for row, fragment in outcomes:
+            del self._running[(row.id, row.attempt)]
+            self._buffer.append((row.id, fragment))
+        self._active -= 1
         # The first buffered outcome starts the flusher's interval; idle or full flushes now.
-        if len(self._buffer) == 1 or not self._running or len(self._buffer) >= self.config.flush_batch_size:
+        if (
+            len(self._buffer) == len(outcomes)
+            or not self._active
+            or len(self._buffer) >= self.config.flush_batch_size
+        ):
             self._flush_wake.set()
-        if not self._idle or not self._running:
+        if not self._idle or not self._active:
             self._kick.set()
 
     def _thread_pool(self) -> ThreadPoolExecutor:
@@ -354,7 +426,7 @@ class Worker:
             return
         for _, ctx, _ in self._running.values():
             ctx.signal.abort("worker stopping")
-        running = list(self._running.values())
+        running = list({run: (run, ctx, is_async) for run, ctx, is_async in self._running.values()}.values())
         _, late = await asyncio.wait([t for t, _, _ in running], timeout=self.config.shutdown_timeout_s)
         threads = [t for t, _, is_async in running if t in late and not is_async]
         for t, _, is_async in running:
@@ -379,7 +451,7 @@ class Worker:
                 self._flush_wake.clear()
                 await self._flush_wake.wait()
                 continue
-            if not self._closing and self._running and len(self._buffer) < self.config.flush_batch_size:
+            if not self._closing and self._active and len(self._buffer) < self.config.flush_batch_size:
                 self._flush_wake.clear()
                 try:
                     await asyncio.wait_for(self._flush_wake.wait(), interval)
