@@ -47,6 +47,10 @@ begin
     if p_debounce_seconds is not null and p_debounce_seconds <= 0 then
         perform pgconductor._invalid(p_prefix || 'debounce_seconds', 'must be positive', p_debounce_seconds::text);
     end if;
+    if p_throttle_seconds is not null and p_run_at is not null then
+        perform pgconductor._invalid(p_prefix || 'run_at',
+            'cannot be combined with throttle (the window counts from the call)', p_run_at::text);
+    end if;
     if p_debounce_seconds is not null and p_run_at is not null then
         perform pgconductor._invalid(p_prefix || 'run_at', 'cannot be combined with debounce (debounce sets it)',
             p_run_at::text);

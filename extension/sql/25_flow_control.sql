@@ -12,7 +12,8 @@ set search_path = ''
 as $$
 begin
     if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
-        perform pgconductor._invalid('dedupe_key', format('needs a read committed transaction, not %s',
+        perform pgconductor._invalid('transaction_isolation', format(
+            'dedupe keys, throttle and debounce need read committed, not %s',
             pg_catalog.current_setting('transaction_isolation')), p_key);
     end if;
     perform pg_catalog.pg_advisory_xact_lock(pgconductor._dedupe_lock(p_task_name, p_queue, p_key));
@@ -83,6 +84,7 @@ begin
             select p.id from pgconductor._executions p
             where p.task_name = p_task_name and p.queue = p_queue
               and p.debounce_key = coalesce(p_key, '') and p.status = 'pending'
+              and p.attempts = 0  -- one waiting for a retry has run already: a new burst
             order by p.seq desc
             limit 1)
       and e.status = 'pending'

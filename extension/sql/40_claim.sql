@@ -75,7 +75,8 @@ $$;
 --   oldest ready execution has waited timeout_ms.
 --   Limited and batch tasks are each served by one claim at a time (transaction advisory
 --   lock; a claim that cannot take it leaves the task out this time instead of waiting),
---   each with at most half of the runs still to hand out, so no backlog starves the rest.
+--   each with about half of the runs still to hand out (fewer when higher priority work
+--   of other tasks waits), so no backlog starves the rest.
 -- Raises PGC03 unless the worker is registered with a live lease.
 create function pgconductor.claim(
     p_worker_id uuid,
@@ -109,6 +110,14 @@ declare
     v_ready int;
     v_oldest timestamptz;
     v_claimed int;
+    v_share int;
+    v_has_head boolean := false;
+    v_head_priority int;
+    v_head_run_at timestamptz;
+    v_head_seq bigint;
+    v_best_priority int;
+    v_best_run_at timestamptz;
+    v_best_seq bigint;
 begin
     if p_limit is null or p_limit < 1 then
         perform pgconductor._invalid('limit', 'must be a positive integer', p_limit::text);
@@ -124,19 +133,51 @@ begin
             hint = 'call pgconductor.register_worker again';
     end if;
 
+    select coalesce(pg_catalog.array_agg(t.name order by t.name), '{}') into v_special
+    from pgconductor._tasks t
+    where (t.concurrency is not null or t.batch_size is not null)
+      and (p_task_names is null or t.name = any (p_task_names));
+    if pg_catalog.cardinality(v_special) > 0 then
+        -- The head of the other tasks' ready rows: a special task whose best ready row
+        -- comes after it gets the smaller share, so priority order holds for small claims.
+        select e.priority, e.run_at, e.seq into v_head_priority, v_head_run_at, v_head_seq
+        from pgconductor._executions e
+        where e.status = 'pending' and e.queue = p_queue and e.run_at <= v_now
+          and (p_task_names is null or e.task_name = any (p_task_names))
+          and not (e.task_name = any (v_special))
+        order by e.priority desc, e.run_at, e.seq
+        limit 1;
+        v_has_head := found;
+    end if;
+
     for v_task in
-        select t.name, t.concurrency, t.batch_size, t.batch_timeout_ms from pgconductor._tasks t
-        where (t.concurrency is not null or t.batch_size is not null)
-          and (p_task_names is null or t.name = any (p_task_names))
+        select t.name, t.concurrency, t.batch_size, t.batch_timeout_ms,
+               t.name = v_special[pg_catalog.cardinality(v_special)] as is_last
+        from pgconductor._tasks t
+        where t.name = any (v_special)
         order by t.name
     loop
-        v_special := v_special || v_task.name;
         continue when v_remaining = 0;
+        select e.priority, e.run_at, e.seq into v_best_priority, v_best_run_at, v_best_seq
+        from pgconductor._executions e
+        where e.status = 'pending' and e.queue = p_queue and e.task_name = v_task.name and e.run_at <= v_now
+        order by e.priority desc, e.run_at, e.seq
+        limit 1;
+        continue when not found;
         continue when not pg_catalog.pg_try_advisory_xact_lock(
             pg_catalog.hashtextextended('pgconductor.claim' || chr(31) || v_task.name, 0));
-        -- At most half of what is left, so tasks served after it (and the other tasks of
-        -- the queue) are not starved by a backlog of this one.
-        v_cap := greatest(1, (v_remaining + 1) / 2) * coalesce(v_task.batch_size, 1);
+        -- Its share of the runs still to hand out: all of them when nothing else waits and
+        -- no other special task follows; else about half, rounded up when its best ready
+        -- row comes first in claim order and down when it does not (so it cannot starve
+        -- the others, nor jump ahead of higher priority work in a claim of one).
+        v_share := case
+            when not v_has_head and v_task.is_last then v_remaining
+            when not v_has_head
+                 or (-v_best_priority, v_best_run_at, v_best_seq) < (-v_head_priority, v_head_run_at, v_head_seq)
+                then (v_remaining + 1) / 2
+            else v_remaining / 2 end;
+        continue when v_share = 0;
+        v_cap := v_share * coalesce(v_task.batch_size, 1);
         if v_task.concurrency is not null then
             v_cap := least(v_cap, v_task.concurrency - (
                 select pg_catalog.count(*)::int from pgconductor._executions r

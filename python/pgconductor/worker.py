@@ -132,6 +132,14 @@ class Worker:
         self.name = name or f"{queue}-{self.id.hex[:8]}"
         self._batch = min(config.fetch_batch_size or config.concurrency, config.concurrency)
         self._task_names = sorted(self.tasks)
+        # Limited and batch tasks make a claim hand out less than asked; limited tasks free
+        # slots on completion; partial batch groups come due after their timeout.
+        self._limited = any(t.concurrency is not None for t in tasks)
+        self._special = self._limited or any(t.batch is not None for t in tasks)
+        batch_timeouts = [t.batch["timeout_ms"] for t in tasks if t.batch is not None]
+        self._poll_s = config.poll_interval_ms / 1000
+        if batch_timeouts:
+            self._poll_s = min(self._poll_s, max(0.01, min(batch_timeouts) / 1000))
         # Every running execution -> its handler run (a batch group's members share one).
         self._running: dict[RunningKey, tuple[asyncio.Task[None], TaskContext | BatchContext, bool]] = {}
         self._active = 0  # handler runs in progress: what `concurrency` limits
@@ -217,7 +225,7 @@ class Worker:
     async def _claim_loop(self, drain: bool) -> None:
         concurrency = self.config.concurrency
         threshold = max(1, self._batch // 4)
-        poll_s = self.config.poll_interval_ms / 1000
+        poll_s = self._poll_s
         while not self._stopping:
             free = concurrency - self._active
             if free < threshold:
@@ -230,9 +238,10 @@ class Worker:
             limit = min(free, self._batch)
             self._kick.clear()
             rows = await self._claim(limit)
-            # Any work found: look again at once (a claim may hand out less than asked, e.g.
-            # a batch or limited task takes at most half of it); idle only on an empty claim.
-            if self._start(rows):
+            # A full claim: more is likely ready. With limited or batch tasks a claim may hand
+            # out less than asked (they take part of it), so any work found means look again.
+            started = self._start(rows)
+            if started == limit or (self._special and started):
                 continue
             self._idle = True
             if drain and not rows and not self._running:
@@ -472,8 +481,8 @@ class Worker:
                 await self._write_one(item)
         for execution_id, _ in batch:
             self._unreported.discard(execution_id)
-        # Finished executions may have freed concurrency slots: look again if idle.
-        if self._idle:
+        # Finished executions of limited tasks may have freed slots: look again if idle.
+        if self._limited and self._idle:
             self._kick.set()
 
     async def _write(self, batch: list[tuple[UUID, str]]) -> None:

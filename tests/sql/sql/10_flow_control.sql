@@ -67,3 +67,18 @@ select count(distinct x) as ids, count(*) as items
 from pgconductor.invoke_many('bulk2', '[{"payload": {"i": 1}, "debounce_seconds": 5},
     {"payload": {"i": 2}, "debounce_seconds": 5}]') x;
 select payload from pgconductor.executions where task_name = 'bulk2';
+
+-- a debounced execution waiting for its retry has run already: a new call starts a new burst
+truncate pgconductor._executions cascade;
+select count(pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w', '[]', 2000000000));
+select pgconductor.set_fake_time('2030-01-01 03:00:00+00');
+select pgconductor.invoke('r', '{"n": 1}', debounce_seconds => 5) as r1 \gset
+select pgconductor.set_fake_time('2030-01-01 03:00:05+00');
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array['r'], 1) \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001',
+    jsonb_build_array(jsonb_build_object('id', :'r1'::uuid, 'attempt', :attempt, 'outcome', 'failed',
+                                         'error', '{"message": "x"}'::jsonb)));
+select pgconductor.invoke('r', '{"n": 2}', debounce_seconds => 5) <> :'r1' as new_burst;
+select payload, attempts, run_at from pgconductor.executions where task_name = 'r' order by created_at;
+-- throttle with run_at is refused (the window counts from the call)
+select pgconductor.invoke('t', throttle_seconds => 5, run_at => '2030-01-01 04:00:00+00');

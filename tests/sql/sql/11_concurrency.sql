@@ -44,3 +44,12 @@ select count(*) <= 2 as within_limit from pgconductor._executions where task_nam
 -- bad limits are refused
 select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "x", "concurrency": 0}]');
 select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "x", "concurrency": 1.5}]');
+
+-- priority order holds for small claims: a claim of one run takes a higher-priority
+-- execution of another task before a limited task's lower-priority backlog
+truncate pgconductor._executions cascade;
+select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w', '[{"name": "limited", "concurrency": 100}, {"name": "free"}]', 2000000000);
+select count(*) from (select pgconductor.invoke('limited', jsonb_build_object('n', g)) from generate_series(1, 5) g) x;
+select pgconductor.invoke('free', '{"urgent": true}', priority => 10) is not null as queued;
+select task_name from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 1);
+select task_name from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 1);
