@@ -206,34 +206,8 @@ begin
     end loop;
 
     if v_remaining > 0 then
-        return query
-        with free_picks as (
-            select e.id, e.priority, e.run_at, e.seq
-            from pgconductor._executions e
-            where e.status = 'pending'
-              and e.queue = p_queue
-              and e.run_at <= v_now
-              and (p_task_names is null or e.task_name = any (p_task_names))
-              and not (e.task_name = any (v_special))
-            order by e.priority desc, e.run_at, e.seq
-            limit v_remaining
-            for update skip locked
-        ), claimed as (
-            update pgconductor._executions e
-            set status = 'running', attempts = e.attempts + 1, started_at = v_now, worker_id = p_worker_id
-            from free_picks
-            where e.id = free_picks.id
-            returning e.id, e.task_name, e.payload, e.attempts, e.max_attempts, e.event_name,
-                      e.priority, e.run_at, e.seq
-        )
-        select c.id, c.task_name, c.payload, c.attempts,
-               pgconductor._max_attempts(c.task_name, c.max_attempts),
-               c.event_name,
-               (select pg_catalog.jsonb_object_agg(s.name, s.result)
-                from pgconductor._steps s where s.execution_id = c.id),
-               null::int
-        from claimed c
-        order by c.priority desc, c.run_at, c.seq;
+        return query select * from pgconductor._claim_rows(
+            p_worker_id, p_queue, null, p_task_names, v_special, v_remaining, v_now, null);
     end if;
 end;
 $$;
