@@ -67,6 +67,12 @@ async def main(server: str) -> None:
     async def report(event, ctx):  # type: ignore[no-untyped-def]
         return {"rows": 42}
 
+    # A batch task: one handler run per group of up to 10, one result per event.
+    @conductor.task("index-doc", batch={"size": 10, "timeout_ms": 200}, concurrency=20)
+    async def index_docs(events, ctx):  # type: ignore[no-untyped-def]
+        ctx.logger.info("indexing %d documents in one call", len(events))
+        return [{"indexed": e.payload["doc"], "group_size": len(events)} for e in events]
+
     async with conductor:
         print("installed pgconductor", await conductor.ensure_installed())
         orchestrator = Orchestrator.create(
@@ -122,6 +128,24 @@ async def run_examples(conductor: Conductor) -> None:
         await conductor.wait_for(bad, timeout=10)
     except ExecutionFailed as exc:
         print("failing task ->", exc.error_type, exc.error_message)
+
+    # Batch: 25 documents become groups of 10, 10 and 5 (the last after its 200 ms timeout).
+    docs = await conductor.invoke_many("index-doc", [{"payload": {"doc": n}} for n in range(25)])
+    sizes = sorted({(await conductor.wait_for(i, timeout=10))["group_size"] for i in docs})
+    print("batch task -> 25 documents indexed in groups of sizes", sizes)
+
+    # Throttle: the first call of a 60 s window queues, the next ones return None.
+    calls = [await conductor.invoke("nightly-report", {"n": n}, throttle={"seconds": 60}) for n in range(3)]
+    print("throttle -> queued:", [c is not None for c in calls])
+
+    # Debounce: a burst collapses into one execution with the last payload.
+    burst = {
+        await conductor.invoke("nightly-report", {"v": n}, dedupe_key="b", debounce={"seconds": 1})
+        for n in range(5)
+    }
+    (debounced,) = burst
+    info = await conductor.wait_for(debounced, timeout=10)
+    print("debounce -> 5 calls, 1 execution:", len(burst) == 1, info)
 
     # Cancel before it runs.
     future = await conductor.invoke("nightly-report", run_at=datetime.now(UTC) + timedelta(hours=1))
