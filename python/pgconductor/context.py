@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
-from .errors import PgConductorError
+from .errors import Cancelled, InvalidInput, InvalidResult, LeaseExpired, PgConductorError, Released
+from .task import to_json
 
 logger = logging.getLogger("pgconductor")
 
@@ -50,18 +53,107 @@ class AbortSignal:
         return self.reason
 
 
+class StepStore(Protocol):
+    """What a context needs from its worker: whether it is stopping, and saving steps."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def save_step(
+        self, execution_id: UUID, attempt: int, name: str, result_json: str
+    ) -> dict[str, Any]: ...
+
+
 class TaskContext:
-    """The `ctx` of a handler: ids, attempt, logger, signal and the Conductor's context."""
+    """The `ctx` of a handler: ids, attempt, logger, signal, durable steps and checkpoints,
+    and every key of the Conductor's context as an attribute."""
 
-    __slots__ = ("_logger", "_values", "attempt", "execution_id", "signal", "task_name")
+    __slots__ = (
+        "_cancel_reason",
+        "_lease_lost",
+        "_logger",
+        "_steps",
+        "_store",
+        "_values",
+        "attempt",
+        "execution_id",
+        "signal",
+        "task_name",
+    )
 
-    def __init__(self, execution_id: UUID, task_name: str, attempt: int, values: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        execution_id: UUID,
+        task_name: str,
+        attempt: int,
+        values: dict[str, Any],
+        steps: dict[str, Any] | None = None,
+        store: StepStore | None = None,
+    ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
         self.attempt = attempt
         self.signal = AbortSignal()
         self._values = values
+        self._steps: dict[str, Any] = dict(steps or {})
+        self._store = store
+        self._cancel_reason: str | None = None
+        self._lease_lost = False
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    def cancel_requested(self, reason: str) -> None:
+        """The execution was cancelled: set the signal; the next step/checkpoint raises."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        self.signal.abort(reason)
+
+    def lease_lost(self) -> None:
+        """The worker lost its lease: this attempt may run elsewhere too."""
+        self._lease_lost = True
+        self.signal.abort("lease lost")
+
+    def _check(self) -> None:
+        if self._cancel_reason is not None:
+            raise Cancelled(self._cancel_reason)
+        if self._lease_lost:
+            raise LeaseExpired(f"execution {self.execution_id}: the worker lost its lease")
+        if self._store is not None and self._store.stopping:
+            raise Released(f"execution {self.execution_id}: the worker is stopping")
+
+    async def checkpoint(self) -> None:
+        """Return at once, unless the execution was cancelled (raises Cancelled: it ends
+        cancelled) or the worker is stopping (raises Released: it goes back to pending,
+        the attempt not counted, and resumes elsewhere with its steps)."""
+        self._check()
+
+    async def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (sync or async) at most once per execution and return its JSON result;
+        on every later run (retry, resume) return the saved result without calling it.
+        A step that raised runs again on the next attempt. Reusing a name returns the
+        first result. A step is also a checkpoint, before it runs."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("name", f"a step name must be a non-empty string, got {name!r}")
+        self._check()
+        if name in self._steps:
+            return self._steps[name]
+        result = fn()
+        if inspect.isawaitable(result):
+            result = await result
+        try:
+            text = to_json(result)
+        except (TypeError, ValueError) as exc:
+            raise InvalidResult(f"step {name!r} returned a value that is not valid JSON: {exc}") from exc
+        if self._store is None:
+            raise PgConductorError("ctx.step needs a worker (this context has none)")
+        saved = await self._store.save_step(self.execution_id, self.attempt, name, text)
+        if not saved["held"]:
+            self._lease_lost = True
+            raise LeaseExpired(f"execution {self.execution_id} is no longer held by this worker")
+        value = saved["result"]
+        self._steps[name] = value
+        if saved["cancel_reason"] is not None:
+            self.cancel_requested(saved["cancel_reason"])
+        return value
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -97,6 +189,12 @@ class BatchContext:
         self.executions = executions  # (execution id, attempt) of each event, in event order
         self.signal = AbortSignal()
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    def cancel_requested(self, reason: str) -> None:
+        self.signal.abort(reason)
+
+    def lease_lost(self) -> None:
+        self.signal.abort("lease lost")
 
     @property
     def execution_ids(self) -> list[UUID]:

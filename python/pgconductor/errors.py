@@ -74,7 +74,13 @@ class InvalidResult(PgConductorError):
 
 
 class Cancelled(PgConductorError):
-    """Raised inside a handler whose execution was cancelled."""
+    """Raised inside a handler whose execution was cancelled (by ctx.step / ctx.checkpoint);
+    the execution ends cancelled and is not retried."""
+
+
+class Released(PgConductorError):
+    """Raised by ctx.step / ctx.checkpoint when the worker is stopping: the execution goes
+    back to pending (attempt not counted, steps kept) and resumes on another worker."""
 
 
 def translate(exc: psycopg.Error) -> Exception:

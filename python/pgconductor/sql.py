@@ -336,6 +336,7 @@ REPORT: LiteralString = "select pgconductor.report(%s, %s::jsonb)"
 RELEASE_ORPHANS: LiteralString = "select pgconductor.release_orphans(%s, %s)"
 UNREGISTER_WORKER: LiteralString = "select pgconductor.unregister_worker(%s)"
 MAINTENANCE: LiteralString = "select pgconductor.maintenance(%s)"
+SAVE_STEP: LiteralString = "select pgconductor.save_step(%s, %s, %s, %s, %s::jsonb)"
 
 
 async def queue_channel(conn: AsyncConn, queue: str) -> str:
@@ -389,3 +390,10 @@ async def unregister_worker(conn: AsyncConn, worker_id: UUID) -> int:
 async def maintenance(conn: AsyncConn, chunk: int) -> dict[str, Any]:
     result: dict[str, Any] = await _one(conn, MAINTENANCE, (chunk,))
     return result
+
+
+async def save_step(
+    conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int, name: str, result_json: str
+) -> dict[str, Any]:
+    saved: dict[str, Any] = await _one(conn, SAVE_STEP, (worker_id, execution_id, attempt, name, result_json))
+    return saved

@@ -24,7 +24,7 @@ import psycopg
 
 from . import sql
 from .context import BatchContext, TaskContext, TaskEvent
-from .errors import InvalidInput, InvalidResult, LeaseExpired
+from .errors import InvalidInput, InvalidResult, LeaseExpired, Released
 from .task import Task
 
 if TYPE_CHECKING:
@@ -170,13 +170,25 @@ class Worker:
         """Set the signal of a running execution whose cancellation was requested."""
         for (running_id, _), (_, ctx, _) in self._running.items():
             if running_id == execution_id:
-                ctx.signal.abort(reason)
+                ctx.cancel_requested(reason)
 
     def lease_lost(self) -> None:
         """The database forgot this worker (its lease lapsed): whatever runs here may run
         elsewhere too, so every handler is told to stop; the worker registers again."""
         for _, ctx, _ in self._running.values():
-            ctx.signal.abort("lease lost")
+            ctx.lease_lost()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker stops claiming: steps and checkpoints release executions."""
+        return self._stopping
+
+    async def save_step(
+        self, execution_id: UUID, attempt: int, name: str, result_json: str
+    ) -> dict[str, Any]:
+        """Save one step result (one round trip on a pooled connection)."""
+        async with self.conductor.connection() as conn:
+            return await sql.save_step(conn, self.id, execution_id, attempt, name, result_json)
 
     def held(self) -> list[UUID]:
         """Every execution this worker runs or has yet to report (for the heartbeat)."""
@@ -301,7 +313,7 @@ class Worker:
                 groups.setdefault((row.task_name, row.batch_group), []).append(row)
                 continue
             task = self.tasks[row.task_name]
-            ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context)
+            ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context, row.steps, self)
             run = asyncio.create_task(self._execute(task, row, ctx))
             self._running[(row.id, row.attempt)] = (run, ctx, task.is_async)
             runs += 1
@@ -328,7 +340,7 @@ class Worker:
                 )
             fragment = f'{head}"completed","result":{task.definition.dump_result(result)}}}'
             self.completed += 1
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Released):
             fragment = f'{head}"released"}}'
             self.released += 1
         except Exception as exc:

@@ -1,0 +1,32 @@
+-- save_step: a step result of a held running execution is saved once (first save wins),
+-- comes back with the next claim, and reports a requested cancellation.
+\set VERBOSITY terse
+set pgconductor.allow_fake_time = on;
+truncate pgconductor._executions cascade;
+delete from pgconductor._tasks;
+delete from pgconductor._workers;
+select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
+select count(pgconductor.register_worker(w.id, 'w', '[{"name": "s", "max_attempts": 3}]', 2000000000))
+from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
+select pgconductor.invoke('s') as id \gset
+select attempt, steps is null as no_steps_yet from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select :'no_steps_yet' as no_steps_yet;
+-- the first save of a name wins
+select pgconductor.save_step('00000000-0000-0000-0000-000000000001', :'id', :attempt, 'charge', '{"amount": 42}');
+select pgconductor.save_step('00000000-0000-0000-0000-000000000001', :'id', :attempt, 'charge', '{"amount": 1}');
+-- another worker (or another attempt) holds nothing: nothing is saved
+select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', :attempt, 'other', 'null');
+select pgconductor.save_step('00000000-0000-0000-0000-000000000001', :'id', :attempt + 1, 'other', 'null');
+select count(*) as steps from pgconductor._steps;
+-- a release keeps the steps; the next claim returns them
+select pgconductor.report('00000000-0000-0000-0000-000000000001',
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'released')));
+select attempt, steps from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default');
+-- a requested cancellation is reported to the saving worker
+select pgconductor.cancel(:'id', 'stop');
+select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', 1, 'next', '[1, 2]') ->> 'cancel_reason' as cancel_reason;
+-- a bad name is refused
+select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', 1, '', 'null');
+-- retention takes the steps with the execution
+delete from pgconductor._executions where id = :'id';
+select count(*) as steps_left from pgconductor._steps;
