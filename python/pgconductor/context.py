@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
-from .errors import Cancelled, InvalidInput, InvalidResult, LeaseExpired, PgConductorError, Released
-from .task import to_json
+import pydantic
+
+from .errors import Cancelled, InvalidResult, LeaseExpired, PgConductorError, Released
+from .task import check_name, to_json
 
 logger = logging.getLogger("pgconductor")
 
@@ -131,14 +133,15 @@ class TaskContext:
         on every later run (retry, resume) return the saved result without calling it.
         A step that raised runs again on the next attempt. Reusing a name returns the
         first result. A step is also a checkpoint, before it runs."""
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("name", f"a step name must be a non-empty string, got {name!r}")
+        check_name("step name", name, 200)
         self._check()
         if name in self._steps:
             return self._steps[name]
         result = fn()
         if inspect.isawaitable(result):
             result = await result
+        if isinstance(result, pydantic.BaseModel):
+            result = result.model_dump(mode="json")
         try:
             text = to_json(result)
         except (TypeError, ValueError) as exc:
