@@ -65,6 +65,9 @@ create index _executions_ready on pgconductor._executions (queue, priority desc,
 -- count their own ready rows through it, whatever else waits in the queue.
 create index _executions_ready_by_task on pgconductor._executions (queue, task_name, priority desc, run_at, seq)
     where status = 'pending';
+-- Sleeping executions by wake-up time: claims move the due ones back to pending.
+create index _executions_waiting on pgconductor._executions (queue, run_at)
+    where status = 'waiting';
 -- Dedupe look-ups by (task, queue, key).
 create index _executions_dedupe on pgconductor._executions (task_name, queue, dedupe_key)
     where dedupe_key is not null;

@@ -133,6 +133,15 @@ begin
             hint = 'call pgconductor.register_worker again';
     end if;
 
+    -- Sleeping executions whose time has come are ready again.
+    update pgconductor._executions e set status = 'pending'
+    where e.id = any (array(
+        select w.id from pgconductor._executions w
+        where w.status = 'waiting' and w.queue = p_queue and w.run_at <= v_now
+        order by w.run_at
+        limit 1000
+        for update skip locked));
+
     select coalesce(pg_catalog.array_agg(t.name order by t.name), '{}') into v_special
     from pgconductor._tasks t
     where (t.concurrency is not null or t.batch_size is not null)

@@ -6,6 +6,8 @@
 --   failed:    pending again after 15 s, 30 s, 60 s, 60 s... while attempts < max_attempts,
 --              else failed; error kept. A requested cancel turns it into cancelled.
 --   released:  pending again now, the attempt not counted (shutdown); cancelled if requested.
+--   sleep:     waiting until now + "seconds", the attempt not counted, the sleep saved as the
+--              step "step" (the resumed run passes it); cancelled if requested.
 -- Reports for executions this worker no longer holds (lease recovered, other attempt)
 -- are ignored. Returns how many reports were applied.
 create function pgconductor.report(p_worker_id uuid, p_reports jsonb)
@@ -28,7 +30,11 @@ begin
     from pg_catalog.jsonb_array_elements(p_reports) with ordinality e(v, ord)
     where pg_catalog.jsonb_typeof(e.v) <> 'object'
        or (e.v ->> 'outcome') is null
-       or (e.v ->> 'outcome') not in ('completed', 'failed', 'released')
+       or (e.v ->> 'outcome') not in ('completed', 'failed', 'released', 'sleep')
+       or (e.v ->> 'outcome') = 'sleep' and not coalesce(
+               pg_catalog.jsonb_typeof(e.v -> 'step') = 'string' and (e.v ->> 'step') <> ''
+               and pg_catalog.jsonb_typeof(e.v -> 'seconds') = 'number' and (e.v ->> 'seconds')::numeric >= 0
+               and (e.v ->> 'seconds')::numeric <= 3153600000, false)
        or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
        or (e.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
        or pg_catalog.jsonb_typeof(e.v -> 'attempt') is distinct from 'number'
@@ -36,18 +42,20 @@ begin
     order by e.ord limit 1;
     if found then
         perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),
-            'must be {"id", "attempt", "outcome": completed|failed|released, ...}', v_bad.v::text);
+            'must be {"id", "attempt", "outcome": completed|failed|released|sleep, ...}', v_bad.v::text);
     end if;
 
     with r as (
-        select x.id, x.attempt, x.outcome, x.result, x.error
-        from pg_catalog.jsonb_to_recordset(p_reports) as x(id uuid, attempt int, outcome text, result jsonb, error jsonb)
+        select x.id, x.attempt, x.outcome, x.result, x.error, x.step, x.seconds
+        from pg_catalog.jsonb_to_recordset(p_reports)
+            as x(id uuid, attempt int, outcome text, result jsonb, error jsonb, step text, seconds numeric)
     ), cur as (
-        select e.id, e.queue, r.result, r.error,
+        select e.id, e.queue, r.result, r.error, r.step, r.seconds,
                case
                    when r.outcome = 'completed' then 'completed'
                    when e.cancel_reason is not null then 'cancelled'
                    when r.outcome = 'released' then 'pending'
+                   when r.outcome = 'sleep' then 'waiting'
                    when e.attempts < coalesce(e.max_attempts, t.max_attempts, 3) then 'retry'
                    else 'failed'
                end as next,
@@ -64,6 +72,13 @@ begin
         left join pgconductor._tasks t on t.name = e.task_name
         where e.status = 'running' and e.worker_id = p_worker_id and e.attempts = r.attempt
         for update of e
+    ), slept as (
+        -- A sleep is saved as the step of its name, so the resumed run passes it at once.
+        insert into pgconductor._steps (execution_id, name, result, created_at)
+        select cur.id, cur.step, pg_catalog.jsonb_build_object(
+                   'slept_until', v_now + pg_catalog.make_interval(secs => cur.seconds::double precision)), v_now
+        from cur where cur.next = 'waiting'
+        on conflict (execution_id, name) do nothing
     ), removed as (
         delete from pgconductor._executions e
         using cur
@@ -78,8 +93,9 @@ begin
                         when cur.next = 'cancelled' then pg_catalog.jsonb_build_object(
                             'type', 'Cancelled', 'message', e.cancel_reason)
                         else cur.error end,
-            attempts = case when cur.next = 'pending' then e.attempts - 1 else e.attempts end,
+            attempts = case when cur.next in ('pending', 'waiting') then e.attempts - 1 else e.attempts end,
             run_at = case
+                         when cur.next = 'waiting' then v_now + pg_catalog.make_interval(secs => cur.seconds::double precision)
                          when cur.next = 'retry' then v_now + pg_catalog.make_interval(
                              secs => least(60.0, 15 * pg_catalog.power(2, cur.attempts - 1)))
                          when cur.next = 'pending' then v_now

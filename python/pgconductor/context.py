@@ -7,12 +7,13 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
 import pydantic
 
-from .errors import Cancelled, InvalidResult, LeaseExpired, PgConductorError, Released
+from .errors import Cancelled, InvalidInput, InvalidResult, LeaseExpired, PgConductorError, Released
 from .task import check_name, to_json
 
 logger = logging.getLogger("pgconductor")
@@ -53,6 +54,16 @@ class AbortSignal:
                 self._event = asyncio.Event()
             await self._event.wait()
         return self.reason
+
+
+class SleepRequested(BaseException):
+    """Raised by ctx.sleep to hand the execution back until its wake-up time. A
+    BaseException, so that handlers catching Exception do not swallow it."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(name, seconds)
+        self.name = name
+        self.seconds = seconds
 
 
 class StepStore(Protocol):
@@ -127,6 +138,25 @@ class TaskContext:
         cancelled) or the worker is stopping (raises Released: it goes back to pending,
         the attempt not counted, and resumes elsewhere with its steps)."""
         self._check()
+
+    async def sleep(self, name: str, delay: float | timedelta) -> None:
+        """Sleep durably: the execution becomes waiting and the worker is freed; it resumes
+        (from the start of the handler, its earlier steps returning their saved results)
+        after `delay` (milliseconds, or a timedelta), and this call then returns at once.
+        Not counted as an attempt. `name` identifies the sleep like a step name."""
+        check_name("sleep name", name, 200)
+        if isinstance(delay, timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = delay / 1000
+        else:
+            raise InvalidInput("delay", f"must be milliseconds or a timedelta, got {delay!r}")
+        if not 0 <= seconds <= 3_153_600_000:
+            raise InvalidInput("delay", f"must be between 0 and 100 years, got {delay!r}")
+        self._check()
+        if name in self._steps:
+            return
+        raise SleepRequested(name, seconds)
 
     async def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run `fn` (sync or async) at most once per execution and return its JSON result;

@@ -23,7 +23,7 @@ from uuid import UUID
 import psycopg
 
 from . import sql
-from .context import BatchContext, TaskContext, TaskEvent
+from .context import BatchContext, SleepRequested, TaskContext, TaskEvent
 from .errors import InvalidInput, InvalidResult, LeaseExpired, Released
 from .task import Task
 
@@ -153,7 +153,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self.lease_seconds = 60
         self.registered_name = self.name
-        self.claimed = self.completed = self.failed = self.released = 0
+        self.claimed = self.completed = self.failed = self.released = self.slept = 0
 
     # --- signals from the orchestrator -------------------------------------------
 
@@ -212,6 +212,7 @@ class Worker:
             "completed": self.completed,
             "failed": self.failed,
             "released": self.released,
+            "slept": self.slept,
         }
 
     # --- the pipeline --------------------------------------------------------------
@@ -343,6 +344,9 @@ class Worker:
         except (asyncio.CancelledError, Released):
             fragment = f'{head}"released"}}'
             self.released += 1
+        except SleepRequested as sleep:
+            fragment = f'{head}"sleep","step":{json.dumps(sleep.name)},"seconds":{sleep.seconds!r}}}'
+            self.slept += 1
         except Exception as exc:
             fragment = f'{head}"failed","error":{_error_json(exc)}}}'
             self.failed += 1

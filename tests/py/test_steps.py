@@ -135,3 +135,65 @@ async def test_stop_releases_at_the_next_checkpoint_and_steps_survive(conductor:
     await drain(conductor)
     assert await conductor.wait_for(execution_id) == "prepared"
     assert calls == {"prepare": 1}
+
+
+async def test_sleep_frees_the_worker_and_resumes_after_the_delay(conductor: Conductor, db: DB) -> None:
+    await set_fake_time(conductor, T0)
+    calls: Counter[str] = Counter()
+
+    def before() -> str:
+        calls["before"] += 1
+        return "done before"
+
+    @conductor.task("nap")
+    async def nap(event: Any, ctx: Any) -> str:
+        first = await ctx.step("before", before)
+        await ctx.sleep("an hour", timedelta(hours=1))
+        calls["after"] += 1
+        return first
+
+    execution_id = await nap.invoke({})
+    await drain(conductor)
+    info = await conductor.get_execution(execution_id)
+    assert info is not None and (info.status, info.attempts) == ("waiting", 0)
+    assert info.run_at == T0 + timedelta(hours=1)
+    await advance_time(conductor, timedelta(minutes=59))
+    await drain(conductor)  # not yet
+    assert calls == {"before": 1}
+    await advance_time(conductor, timedelta(minutes=1))
+    await drain(conductor)
+    assert await conductor.wait_for(execution_id) == "done before"
+    assert calls == {"before": 1, "after": 1}
+    info = await conductor.get_execution(execution_id)
+    assert info is not None and info.attempts == 1  # the sleep was not an attempt
+
+
+async def test_cancel_while_sleeping_ends_it_at_once(conductor: Conductor, db: DB) -> None:
+    await set_fake_time(conductor, T0)
+
+    @conductor.task("sleeper")
+    async def sleeper(event: Any, ctx: Any) -> None:
+        await ctx.sleep("wait", 60_000)
+
+    execution_id = await sleeper.invoke({})
+    await drain(conductor)
+    assert await conductor.cancel(execution_id, reason="no longer needed")
+    with pytest.raises(ExecutionCancelled):
+        await conductor.wait_for(execution_id, timeout=5)
+    await advance_time(conductor, timedelta(minutes=2))
+    await drain(conductor)
+    info = await conductor.get_execution(execution_id)
+    assert info is not None and info.status == "cancelled"
+
+
+@pytest.mark.parametrize("delay", [-1, "soon", True])
+async def test_a_bad_sleep_delay_fails_naming_it(conductor: Conductor, delay: Any) -> None:
+    @conductor.task("bad-sleep", max_attempts=1)
+    async def bad_sleep(event: Any, ctx: Any) -> None:
+        await ctx.sleep("x", delay)
+
+    execution_id = await bad_sleep.invoke({})
+    await drain(conductor)
+    info = await conductor.get_execution(execution_id)
+    assert info is not None and info.status == "failed" and info.error is not None
+    assert info.error["type"] == "InvalidInput" and "delay" in info.error["message"]

@@ -2,6 +2,8 @@
 -- comes back with the next claim, and reports a requested cancellation.
 \set VERBOSITY terse
 set pgconductor.allow_fake_time = on;
+set timezone = 'UTC';
+set datestyle = 'ISO, YMD';
 truncate pgconductor._executions cascade;
 delete from pgconductor._tasks;
 delete from pgconductor._workers;
@@ -30,3 +32,18 @@ select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', 1, '
 -- retention takes the steps with the execution
 delete from pgconductor._executions where id = :'id';
 select count(*) as steps_left from pgconductor._steps;
+
+-- a sleep report: waiting until now + seconds, attempt not counted, the sleep saved as a step;
+-- a claim after the wake-up time hands it out again with that step
+select pgconductor.invoke('s') as id \gset
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'sleep', 'step', 'nap', 'seconds', 3600)));
+select status, attempts, run_at = pgconductor.now() + interval '1 hour' as wakes_in_an_hour, worker_id is null as free
+from pgconductor.executions where id = :'id';
+select count(*) as claimed_too_early from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default');
+select pgconductor.set_fake_time('2030-01-01 01:00:00+00');
+select attempt, steps ? 'nap' as has_nap_step from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default');
+-- a sleep report needs a step name and non-negative seconds
+select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "outcome": "sleep", "seconds": 5}]');
+select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "outcome": "sleep", "step": "a", "seconds": -5}]');
