@@ -84,7 +84,7 @@ begin
             select p.id from pgconductor._executions p
             where p.task_name = p_task_name and p.queue = p_queue
               and p.debounce_key = coalesce(p_key, '') and p.status = 'pending'
-              and p.attempts = 0  -- one waiting for a retry has run already: a new burst
+              and p.started_at is null  -- one that has run (retry, release, sleep): a new burst
             order by p.seq desc
             limit 1)
       and e.status = 'pending'

@@ -89,7 +89,8 @@ begin
         set status = case when cur.next = 'retry' then 'pending' else cur.next end,
             result = case when cur.next = 'completed' then cur.result else e.result end,
             error = case
-                        when cur.next = 'completed' or cur.next = 'pending' and cur.error is null then e.error
+                        when cur.next in ('completed', 'waiting') or cur.next = 'pending' and cur.error is null
+                            then e.error
                         when cur.next = 'cancelled' then pg_catalog.jsonb_build_object(
                             'type', 'Cancelled', 'message', e.cancel_reason)
                         else cur.error end,

@@ -47,3 +47,24 @@ select attempt, steps ? 'nap' as has_nap_step from pgconductor.claim('00000000-0
 -- a sleep report needs a step name and non-negative seconds
 select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "outcome": "sleep", "seconds": 5}]');
 select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "outcome": "sleep", "step": "a", "seconds": -5}]');
+-- a sleep keeps the error of an earlier failed attempt
+truncate pgconductor._executions cascade;
+select pgconductor.invoke('s') as id \gset
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'failed', 'error', '{"type": "E", "message": "first try"}'::jsonb)));
+select pgconductor.set_fake_time('2030-01-01 02:00:00+00');
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'sleep', 'step', 'nap', 'seconds', 60)));
+select status, attempts, error ->> 'message' as kept_error from pgconductor.executions where id = :'id';
+-- a debounced execution that woke from a sleep is not joined by a new debounce call
+truncate pgconductor._executions cascade;
+select pgconductor.invoke('d', '{"n": 1}', debounce_seconds => 1) as id \gset
+select pgconductor.set_fake_time('2030-01-01 02:00:01+00');
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'sleep', 'step', 'nap', 'seconds', 0)));
+select count(*) from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default', array['x'], 1);
+select status from pgconductor.executions where id = :'id';
+select pgconductor.invoke('d', '{"n": 2}', debounce_seconds => 1) <> :'id' as new_burst;
