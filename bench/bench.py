@@ -197,6 +197,8 @@ async def bench_debounce(dsn: str, calls: int, keys: int) -> None:
 
 
 def bench_latency(dsn: str, samples: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:  # an idle worker: nothing else queued
+        conn.execute("truncate pgconductor._executions cascade")
     with tempfile.TemporaryDirectory() as tmp:
         starts_file = Path(tmp) / "starts"
         starts_file.touch()

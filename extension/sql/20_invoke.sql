@@ -83,6 +83,24 @@ begin
 end;
 $$;
 
+-- Inserts one pending execution (seq: insertion order, next in line when null); returns its id.
+create function pgconductor._insert_execution(
+    p_task_name text, p_queue text, p_payload jsonb, p_dedupe_key text, p_priority int,
+    p_run_at timestamptz, p_now timestamptz, p_seq bigint, p_debounce_key text
+)
+returns uuid
+language sql
+volatile
+set search_path = ''
+as $$
+    insert into pgconductor._executions
+        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key, debounce_key)
+    values
+        (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
+         p_priority, p_run_at, p_now, p_dedupe_key, p_debounce_key)
+    returning id
+$$;
+
 -- Enqueues one validated execution applying the dedupe rules of SPEC §3:
 -- a pending one with the key is replaced; one in progress (running/waiting) gets a
 -- new pending successor; a finished one is returned as is. Calls with the same key
@@ -138,13 +156,8 @@ begin
         end if;
     end if;
 
-    insert into pgconductor._executions
-        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key)
-    values
-        (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
-         p_priority, coalesce(p_run_at, p_now), p_now, p_dedupe_key)
-    returning id into v_id;
-    return v_id;
+    return pgconductor._insert_execution(p_task_name, p_queue, p_payload, p_dedupe_key, p_priority,
+        coalesce(p_run_at, p_now), p_now, p_seq, null);
 end;
 $$;
 

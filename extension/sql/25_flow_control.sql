@@ -34,7 +34,6 @@ set search_path = ''
 as $$
 declare
     v_opened boolean;
-    v_id uuid;
 begin
     perform pgconductor._lock_key(p_task_name, p_queue, coalesce(p_key, ''));
     insert into pgconductor._throttles as t (task_name, queue, key, window_ends_at)
@@ -45,13 +44,8 @@ begin
     if v_opened is null then
         return null;
     end if;
-    insert into pgconductor._executions
-        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key)
-    values
-        (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
-         p_priority, coalesce(p_run_at, p_now), p_now, p_key)
-    returning id into v_id;
-    return v_id;
+    return pgconductor._insert_execution(p_task_name, p_queue, p_payload, p_key, p_priority,
+        coalesce(p_run_at, p_now), p_now, p_seq, null);
 end;
 $$;
 
@@ -92,14 +86,9 @@ begin
     if v_id is not null then
         return v_id;
     end if;
-    insert into pgconductor._executions
-        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key, debounce_key)
-    values
-        (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
-         p_priority, p_now + least(v_delay, case when p_max_wait_seconds is null then v_delay else v_max_wait end),
-         p_now, p_key, coalesce(p_key, ''))
-    returning id into v_id;
-    return v_id;
+    return pgconductor._insert_execution(p_task_name, p_queue, p_payload, p_key, p_priority,
+        p_now + least(v_delay, case when p_max_wait_seconds is null then v_delay else v_max_wait end),
+        p_now, p_seq, coalesce(p_key, ''));
 end;
 $$;
 

@@ -158,33 +158,12 @@ volatile
 set search_path = ''
 as $$
 declare
-    v_now timestamptz := pgconductor.now();
-    v_queues text[];
-    v_finished boolean;
+    v_count int;
 begin
-    with released as (
-        update pgconductor._executions e
-        set status = case when e.cancel_reason is not null then 'cancelled' else 'pending' end,
-            attempts = case when e.cancel_reason is not null then e.attempts else e.attempts - 1 end,
-            finished_at = case when e.cancel_reason is not null then v_now end,
-            error = case when e.cancel_reason is not null
-                         then pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', e.cancel_reason)
-                         else e.error end,
-            expires_at = case when e.cancel_reason is not null
-                              then pgconductor._expires_at(e.task_name, 'cancelled', v_now) end,
-            worker_id = null
-        where e.worker_id = p_worker_id and e.status = 'running'
-        returning e.queue, e.status
-    )
-    select pg_catalog.array_agg(r.queue), pg_catalog.bool_or(r.status = 'cancelled')
-    into v_queues, v_finished from released r;
-    if v_finished then
-        perform pg_catalog.pg_notify('pgconductor.finished', '');
-    end if;
-    perform pg_catalog.pg_notify(pgconductor.queue_channel(q), '')
-    from pg_catalog.unnest(v_queues) q;
+    -- Every execution it still holds is one it no longer runs.
+    v_count := pgconductor._release_unheld(p_worker_id, '{}', null);
     delete from pgconductor._workers w where w.id = p_worker_id;
-    return coalesce(pg_catalog.cardinality(v_queues), 0);
+    return v_count;
 end;
 $$;
 comment on function pgconductor.unregister_worker(uuid) is
