@@ -21,7 +21,14 @@ create table pgconductor._tasks (
     batch_timeout_ms int check (batch_timeout_ms >= 0),  -- ... or fewer once the oldest waited this long
     remove_on_complete interval default interval '7 days',
     remove_on_fail interval default interval '30 days',
-    updated_at timestamptz not null
+    -- Time window (local wall-clock times in window_timezone): executions start only while
+    -- it is open; window_end < window_start crosses midnight. All three null: no window.
+    window_start time,
+    window_end time,
+    window_timezone text,
+    updated_at timestamptz not null,
+    check ((window_start is null) = (window_end is null) and (window_start is null) = (window_timezone is null)),
+    check (window_start is distinct from window_end or window_start is null)
 );
 
 create sequence pgconductor._executions_seq;
@@ -48,7 +55,8 @@ create table pgconductor._executions (
     finished_at timestamptz,
     expires_at timestamptz,
     dedupe_key text,
-    parent_id uuid,
+    parent_id uuid,    -- set on a child execution: the execution whose ctx.invoke created it
+    parent_step text,  -- ... and the step name under which its outcome is saved in the parent
     batch_id uuid,
     event_name text not null default 'pgconductor.invoke',
     worker_id uuid,
@@ -65,7 +73,9 @@ create index _executions_ready on pgconductor._executions (queue, priority desc,
 -- count their own ready rows through it, whatever else waits in the queue.
 create index _executions_ready_by_task on pgconductor._executions (queue, task_name, priority desc, run_at, seq)
     where status = 'pending';
--- Sleeping executions by wake-up time: claims move the due ones back to pending.
+-- Waiting executions (asleep, waiting on a child or a window) by wake-up time: claims
+-- move the due ones back to pending. A child without a timeout wakes its parent itself
+-- (run_at infinity).
 create index _executions_waiting on pgconductor._executions (queue, run_at)
     where status = 'waiting';
 -- Dedupe look-ups by (task, queue, key).
@@ -78,6 +88,9 @@ create index _executions_debounce on pgconductor._executions (task_name, queue, 
 -- cancellation, lease recovery); only running rows, so it stays small.
 create index _executions_running on pgconductor._executions (task_name, worker_id)
     where status = 'running';
+-- Children by parent: a child is created once per (parent, step); cancels cascade through it.
+create unique index _executions_children on pgconductor._executions (parent_id, parent_step)
+    where parent_id is not null;
 -- Retention: finished rows with a deadline.
 create index _executions_expiry on pgconductor._executions (expires_at)
     where expires_at is not null;

@@ -83,10 +83,12 @@ begin
 end;
 $$;
 
--- Inserts one pending execution (seq: insertion order, next in line when null); returns its id.
+-- Inserts one pending execution (seq: insertion order, next in line when null; a child
+-- names its parent and the parent's step); returns its id.
 create function pgconductor._insert_execution(
     p_task_name text, p_queue text, p_payload jsonb, p_dedupe_key text, p_priority int,
-    p_run_at timestamptz, p_now timestamptz, p_seq bigint, p_debounce_key text
+    p_run_at timestamptz, p_now timestamptz, p_seq bigint, p_debounce_key text,
+    p_parent_id uuid default null, p_parent_step text default null
 )
 returns uuid
 language sql
@@ -94,10 +96,11 @@ volatile
 set search_path = ''
 as $$
     insert into pgconductor._executions
-        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key, debounce_key)
+        (seq, task_name, queue, payload, priority, run_at, created_at, dedupe_key, debounce_key,
+         parent_id, parent_step)
     values
         (coalesce(p_seq, pg_catalog.nextval('pgconductor._executions_seq')), p_task_name, p_queue, p_payload,
-         p_priority, p_run_at, p_now, p_dedupe_key, p_debounce_key)
+         p_priority, p_run_at, p_now, p_dedupe_key, p_debounce_key, p_parent_id, p_parent_step)
     returning id
 $$;
 
@@ -130,15 +133,17 @@ begin
 
         -- A pending execution with the key takes the new payload, priority and run_at.
         -- The status re-check makes a concurrent claim win: then we queue a successor.
+        -- One that waits for its task's window to open has never started: it counts as pending.
         update pgconductor._executions e
-        set payload = p_payload, priority = p_priority, run_at = coalesce(p_run_at, p_now)
+        set payload = p_payload, priority = p_priority, run_at = coalesce(p_run_at, p_now), status = 'pending'
         where e.id = (
                 select p.id from pgconductor._executions p
                 where p.task_name = p_task_name and p.queue = p_queue
-                  and p.dedupe_key = p_dedupe_key and p.status = 'pending'
+                  and p.dedupe_key = p_dedupe_key
+                  and (p.status = 'pending' or p.status = 'waiting' and p.started_at is null)
                 order by p.seq desc
                 limit 1)
-          and e.status = 'pending'
+          and (e.status = 'pending' or e.status = 'waiting' and e.started_at is null)
         returning e.id into v_id;
         if v_id is not null then
             return v_id;

@@ -4,7 +4,7 @@
 -- queue, max_attempts and retention, and the worker's lease. Refuses bad task
 -- declarations (PGC01) before writing anything.
 -- p_tasks: [{"name", "queue", "max_attempts", "concurrency", "batch": {"size", "timeout_ms"},
---            "remove_on_complete", "remove_on_fail"}, ...]
+--            "window": ["HH:MM", "HH:MM", "<zone>"?], "remove_on_complete", "remove_on_fail"}, ...]
 create function pgconductor.register_worker(
     p_worker_id uuid,
     p_name text,
@@ -23,6 +23,7 @@ declare
     v_prefix text;
     v_rows pgconductor._tasks[] := '{}';
     v_row pgconductor._tasks;
+    v_window record;
 begin
     if p_worker_id is null then
         perform pgconductor._invalid('worker_id', 'must not be null', null);
@@ -75,6 +76,7 @@ begin
             perform pgconductor._invalid(v_prefix || 'batch',
                 'must be null or {"size": 1..10000, "timeout_ms": N >= 0}', (v_task -> 'batch')::text);
         end if;
+        select * into v_window from pgconductor._parse_window(v_prefix || 'window', v_task -> 'window');
         v_row := row(
             v_task ->> 'name',
             coalesce(v_task ->> 'queue', 'default'),
@@ -84,6 +86,7 @@ begin
             (v_task -> 'batch' ->> 'timeout_ms')::int,
             pgconductor._retention(v_prefix || 'remove_on_complete', v_task -> 'remove_on_complete', interval '7 days'),
             pgconductor._retention(v_prefix || 'remove_on_fail', v_task -> 'remove_on_fail', interval '30 days'),
+            v_window.window_start, v_window.window_end, v_window.window_timezone,
             v_now)::pgconductor._tasks;
         v_rows := v_rows || v_row;
     end loop;
@@ -94,15 +97,16 @@ begin
 
     insert into pgconductor._tasks as t
         (name, queue, max_attempts, concurrency, batch_size, batch_timeout_ms, remove_on_complete,
-         remove_on_fail, updated_at)
+         remove_on_fail, window_start, window_end, window_timezone, updated_at)
     select r.name, r.queue, r.max_attempts, r.concurrency, r.batch_size, r.batch_timeout_ms,
-           r.remove_on_complete, r.remove_on_fail, r.updated_at
+           r.remove_on_complete, r.remove_on_fail, r.window_start, r.window_end, r.window_timezone, r.updated_at
     from pg_catalog.unnest(v_rows) r
     on conflict (name) do update set
         queue = excluded.queue, max_attempts = excluded.max_attempts, concurrency = excluded.concurrency,
         batch_size = excluded.batch_size, batch_timeout_ms = excluded.batch_timeout_ms,
         remove_on_complete = excluded.remove_on_complete, remove_on_fail = excluded.remove_on_fail,
-        updated_at = excluded.updated_at;
+        window_start = excluded.window_start, window_end = excluded.window_end,
+        window_timezone = excluded.window_timezone, updated_at = excluded.updated_at;
 
     insert into pgconductor._workers as w (id, name, queues, lease, started_at, last_seen_at)
     values (p_worker_id, coalesce(p_name, ''),
@@ -181,6 +185,7 @@ as $$
 declare
     v_queues text[];
     v_finished boolean;
+    v_children jsonb;
 begin
     with orphans as (
         update pgconductor._executions e
@@ -196,10 +201,16 @@ begin
         where e.worker_id = p_worker_id and e.status = 'running'
           and (p_started_before is null or e.started_at < p_started_before)
           and not (e.id = any (pg_catalog.array_remove(coalesce(p_held, '{}'), null)))
-        returning e.queue, e.status
+        returning e.id, e.queue, e.status, e.parent_id, e.parent_step, e.error
     )
-    select pg_catalog.array_agg(o.queue), coalesce(pg_catalog.bool_or(o.status = 'cancelled'), false)
-    into v_queues, v_finished from orphans o;
+    select pg_catalog.array_agg(o.queue), coalesce(pg_catalog.bool_or(o.status = 'cancelled'), false),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', o.id, 'parent_id', o.parent_id, 'step', o.parent_step, 'status', o.status,
+               'result', null, 'error', o.error)) filter (where o.parent_id is not null and o.status = 'cancelled')
+    into v_queues, v_finished, v_children from orphans o;
+    if v_children is not null then
+        perform pgconductor._settle_children(v_children);
+    end if;
     if v_finished then
         perform pg_catalog.pg_notify('pgconductor.finished', '');
     end if;

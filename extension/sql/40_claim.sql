@@ -71,6 +71,8 @@ $$;
 --   Tasks with a concurrency limit never have more than that many running executions
 --   across all workers: the free slots are the limit minus the running count, so a slot
 --   frees itself on every way out of running.
+--   Tasks with a time window are claimed only while it is open; while it is closed, their
+--   due executions are moved to waiting until it opens.
 --   Batch tasks are claimed in groups of their size; a smaller group only once its
 --   oldest ready execution has waited timeout_ms.
 --   Limited and batch tasks are each served by one claim at a time (transaction advisory
@@ -105,6 +107,7 @@ declare
     v_now timestamptz := pgconductor.now();
     v_task record;
     v_special text[] := '{}';
+    v_closed text[];
     v_remaining int := p_limit;
     v_cap int;
     v_ready int;
@@ -133,7 +136,8 @@ begin
             hint = 'call pgconductor.register_worker again';
     end if;
 
-    -- Sleeping executions whose time has come are ready again.
+    -- Waiting executions whose time has come (sleep over, child timeout, window open) are
+    -- ready again.
     update pgconductor._executions e set status = 'pending'
     where e.id = any (array(
         select w.id from pgconductor._executions w
@@ -142,10 +146,32 @@ begin
         limit 1000
         for update skip locked));
 
+    -- Tasks whose window is closed now: their due pending executions wait for the next
+    -- opening (so later claims do not scan past them), and this claim leaves them out.
+    select coalesce(pg_catalog.array_agg(t.name), '{}') into v_closed
+    from pgconductor._tasks t
+    where t.window_start is not null
+      and (p_task_names is null or t.name = any (p_task_names))
+      and pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now) > v_now;
+    if pg_catalog.cardinality(v_closed) > 0 then
+        update pgconductor._executions e
+        set status = 'waiting',
+            run_at = pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now)
+        from pgconductor._tasks t
+        where t.name = e.task_name
+          and e.id = any (array(
+              select c.id from pgconductor._executions c
+              where c.status = 'pending' and c.queue = p_queue and c.task_name = any (v_closed)
+                and c.run_at <= v_now
+              limit 1000
+              for update skip locked));
+    end if;
+
     select coalesce(pg_catalog.array_agg(t.name order by t.name), '{}') into v_special
     from pgconductor._tasks t
     where (t.concurrency is not null or t.batch_size is not null)
-      and (p_task_names is null or t.name = any (p_task_names));
+      and (p_task_names is null or t.name = any (p_task_names))
+      and not (t.name = any (v_closed));
     if pg_catalog.cardinality(v_special) > 0 then
         -- The head of the other tasks' ready rows: a special task whose best ready row
         -- comes after it gets the smaller share, so priority order holds for small claims.
@@ -153,7 +179,7 @@ begin
         from pgconductor._executions e
         where e.status = 'pending' and e.queue = p_queue and e.run_at <= v_now
           and (p_task_names is null or e.task_name = any (p_task_names))
-          and not (e.task_name = any (v_special))
+          and not (e.task_name = any (v_special || v_closed))
         order by e.priority desc, e.run_at, e.seq
         limit 1;
         v_has_head := found;
@@ -216,7 +242,7 @@ begin
 
     if v_remaining > 0 then
         return query select * from pgconductor._claim_rows(
-            p_worker_id, p_queue, null, p_task_names, v_special, v_remaining, v_now, null);
+            p_worker_id, p_queue, null, p_task_names, v_special || v_closed, v_remaining, v_now, null);
     end if;
 end;
 $$;

@@ -5,9 +5,11 @@
 --   completed: stores result; deleted at once when the task's remove_on_complete is 0.
 --   failed:    pending again after 15 s, 30 s, 60 s, 60 s... while attempts < max_attempts,
 --              else failed; error kept. A requested cancel turns it into cancelled.
---   released:  pending again now, the attempt not counted (shutdown); cancelled if requested.
+--   released:  pending again now, the attempt not counted (shutdown); cancelled if requested;
+--              waiting until its window opens when its task's window is closed.
 --   sleep:     waiting until now + "seconds", the attempt not counted, the sleep saved as the
 --              step "step" (the resumed run passes it); cancelled if requested.
+-- A finished child's outcome is saved as its parent's step, waking the parent.
 -- Reports for executions this worker no longer holds (lease recovered, other attempt)
 -- are ignored. Returns how many reports were applied.
 create function pgconductor.report(p_worker_id uuid, p_reports jsonb)
@@ -22,6 +24,7 @@ declare
     v_applied int;
     v_released_queues text[];
     v_finished boolean;
+    v_children jsonb;
 begin
     if p_reports is null or pg_catalog.jsonb_typeof(p_reports) <> 'array' then
         perform pgconductor._invalid('reports', 'must be a JSON array', p_reports::text);
@@ -50,15 +53,19 @@ begin
         from pg_catalog.jsonb_to_recordset(p_reports)
             as x(id uuid, attempt int, outcome text, result jsonb, error jsonb, step text, seconds numeric)
     ), cur as (
-        select e.id, e.queue, r.result, r.error, r.step, r.seconds,
+        select e.id, e.queue, e.parent_id, e.parent_step, r.result, r.error, r.step, r.seconds,
                case
                    when r.outcome = 'completed' then 'completed'
                    when e.cancel_reason is not null then 'cancelled'
+                   when r.outcome = 'released' and t.window_start is not null
+                        and pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now)
+                            > v_now then 'window'
                    when r.outcome = 'released' then 'pending'
                    when r.outcome = 'sleep' then 'waiting'
                    when e.attempts < coalesce(e.max_attempts, t.max_attempts, 3) then 'retry'
                    else 'failed'
                end as next,
+               t.window_start, t.window_end, t.window_timezone,
                e.attempts,
                case
                    when t.name is null then
@@ -66,7 +73,8 @@ begin
                    when r.outcome = 'completed' then t.remove_on_complete
                    else t.remove_on_fail
                end as keep,
-               t.concurrency is not null as limited
+               t.concurrency is not null as limited,
+               e.cancel_reason
         from r
         join pgconductor._executions e on e.id = r.id
         left join pgconductor._tasks t on t.name = e.task_name
@@ -86,16 +94,18 @@ begin
         returning e.id
     ), updated as (
         update pgconductor._executions e
-        set status = case when cur.next = 'retry' then 'pending' else cur.next end,
+        set status = case cur.next when 'retry' then 'pending' when 'window' then 'waiting' else cur.next end,
             result = case when cur.next = 'completed' then cur.result else e.result end,
             error = case
-                        when cur.next in ('completed', 'waiting') or cur.next = 'pending' and cur.error is null
+                        when cur.next in ('completed', 'waiting', 'window') or cur.next = 'pending' and cur.error is null
                             then e.error
                         when cur.next = 'cancelled' then pg_catalog.jsonb_build_object(
                             'type', 'Cancelled', 'message', e.cancel_reason)
                         else cur.error end,
-            attempts = case when cur.next in ('pending', 'waiting') then e.attempts - 1 else e.attempts end,
+            attempts = case when cur.next in ('pending', 'waiting', 'window') then e.attempts - 1 else e.attempts end,
             run_at = case
+                         when cur.next = 'window' then pgconductor._window_opens_at(
+                             cur.window_start, cur.window_end, cur.window_timezone, v_now)
                          when cur.next = 'waiting' then v_now + pg_catalog.make_interval(secs => cur.seconds::double precision)
                          when cur.next = 'retry' then v_now + pg_catalog.make_interval(
                              secs => least(60.0, 15 * pg_catalog.power(2, cur.attempts - 1)))
@@ -111,8 +121,21 @@ begin
     )
     select (select pg_catalog.count(*) from removed) + (select pg_catalog.count(*) from updated),
            (select pg_catalog.array_agg(distinct cur.queue) from cur where cur.next = 'pending' or cur.limited),
-           exists (select 1 from cur where cur.next in ('completed', 'failed', 'cancelled'))
-    into v_applied, v_released_queues, v_finished;
+           exists (select 1 from cur where cur.next in ('completed', 'failed', 'cancelled')),
+           (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                'id', cur.id, 'parent_id', cur.parent_id, 'step', cur.parent_step, 'status', cur.next,
+                'result', case when cur.next = 'completed' then cur.result end,
+                'error', case
+                             when cur.next = 'cancelled' then pg_catalog.jsonb_build_object(
+                                 'type', 'Cancelled', 'message', cur.cancel_reason)
+                             when cur.next = 'failed' then cur.error end))
+            from cur where cur.parent_id is not null and cur.next in ('completed', 'failed', 'cancelled'))
+    into v_applied, v_released_queues, v_finished, v_children;
+
+    -- Finished children: their outcomes become their parents' steps.
+    if v_children is not null then
+        perform pgconductor._settle_children(v_children);
+    end if;
 
     -- Released work is ready now, and a limited task's slot may have freed: wake the
     -- queue's workers. Waiters on results re-check.
@@ -126,11 +149,12 @@ $$;
 comment on function pgconductor.report(uuid, jsonb) is
     'Worker: apply buffered outcomes (completed, failed with retry/backoff, released) of many executions in one call.';
 
--- Cancels an execution: pending or waiting -> cancelled at once (never runs);
--- running -> flagged and its worker notified on channel pgconductor.cancel with
--- payload '<id> <reason>' (the
--- handler's signal is set; it ends cancelled unless it completes). Returns true if
--- it was pending, waiting or running, false if finished or unknown.
+-- Cancels an execution and its unfinished descendants (children, grandchildren...):
+-- pending or waiting -> cancelled at once (never runs); running -> flagged and its
+-- worker notified on channel pgconductor.cancel with payload '<id> <reason>' (the
+-- handler's signal is set; it ends cancelled unless it completes). A cancelled child's
+-- parent gets the outcome (ChildFailed). Returns true if the execution was pending,
+-- waiting or running, false if finished or unknown.
 create function pgconductor.cancel(execution_id uuid, reason text default 'cancelled')
 returns boolean
 language plpgsql
@@ -139,8 +163,10 @@ set search_path = ''
 as $$
 declare
     v_now timestamptz := pgconductor.now();
-    v_status text;
-    v_reason text;
+    v_reason text := coalesce(cancel.reason, 'cancelled');
+    v_children jsonb;
+    v_ended int;
+    v_told int;
 begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
@@ -148,25 +174,54 @@ begin
     if pg_catalog.octet_length(cancel.reason) > 1000 then
         perform pgconductor._invalid('reason', 'must be at most 1000 bytes', pg_catalog.left(cancel.reason, 40) || '...');
     end if;
-    select e.status into v_status from pgconductor._executions e where e.id = cancel.execution_id for update;
-    if v_status in ('pending', 'waiting') then
-        update pgconductor._executions e
-        set status = 'cancelled', finished_at = v_now, cancel_reason = coalesce(cancel.reason, 'cancelled'),
-            error = pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', coalesce(cancel.reason, 'cancelled')),
-            expires_at = pgconductor._expires_at(e.task_name, 'cancelled', v_now)
-        where e.id = cancel.execution_id;
-        perform pg_catalog.pg_notify('pgconductor.finished', '');
-        return true;
-    elsif v_status = 'running' then
-        update pgconductor._executions e
-        set cancel_reason = coalesce(e.cancel_reason, cancel.reason, 'cancelled')
-        where e.id = cancel.execution_id
-        returning e.cancel_reason into v_reason;
-        perform pg_catalog.pg_notify('pgconductor.cancel', cancel.execution_id::text || ' ' || v_reason);
-        return true;
+    perform from pgconductor._executions e
+    where e.id = cancel.execution_id and e.status in ('pending', 'waiting', 'running')
+    for update;
+    if not found then
+        return false;
     end if;
-    return false;
+
+    with recursive tree as (
+        select cancel.execution_id as id
+        union
+        select c.id from pgconductor._executions c join tree on c.parent_id = tree.id
+    ), targets as (
+        select e.id, e.status from pgconductor._executions e join tree on tree.id = e.id
+        where e.status in ('pending', 'waiting', 'running')
+        for update of e
+    ), ended as (
+        update pgconductor._executions e
+        set status = 'cancelled', finished_at = v_now, cancel_reason = v_reason, worker_id = null,
+            error = pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason),
+            expires_at = pgconductor._expires_at(e.task_name, 'cancelled', v_now)
+        from targets t
+        where e.id = t.id and t.status in ('pending', 'waiting')
+        returning e.id, e.parent_id, e.parent_step
+    ), flagged as (
+        update pgconductor._executions e
+        set cancel_reason = coalesce(e.cancel_reason, v_reason)
+        from targets t
+        where e.id = t.id and t.status = 'running'
+        returning e.id, e.cancel_reason
+    ), told as (
+        select pg_catalog.pg_notify('pgconductor.cancel', f.id::text || ' ' || f.cancel_reason) from flagged f
+    )
+    select (select pg_catalog.count(*) from ended),
+           (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                'id', x.id, 'parent_id', x.parent_id, 'step', x.parent_step, 'status', 'cancelled',
+                'result', null, 'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
+            from ended x where x.parent_id is not null),
+           (select pg_catalog.count(*) from told)
+    into v_ended, v_children, v_told;
+
+    if v_children is not null then
+        perform pgconductor._settle_children(v_children);
+    end if;
+    if v_ended > 0 then
+        perform pg_catalog.pg_notify('pgconductor.finished', '');
+    end if;
+    return true;
 end;
 $$;
 comment on function pgconductor.cancel(uuid, text) is
-    'Cancel an execution: pending/waiting ends cancelled now; running is flagged and its worker told. False if already finished.';
+    'Cancel an execution and its unfinished descendants: pending/waiting end cancelled now; running are flagged and their workers told. False if already finished.';

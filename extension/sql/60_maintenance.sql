@@ -13,6 +13,7 @@ declare
     v_count int;
     v_queues text[];
     v_finished boolean;
+    v_children jsonb;
 begin
     with expired as (
         select e.id,
@@ -42,12 +43,19 @@ begin
             worker_id = null
         from expired x
         where e.id = x.id
-        returning e.queue, e.status
+        returning e.id, e.queue, e.status, e.parent_id, e.parent_step, e.error
     )
     select pg_catalog.count(*), pg_catalog.array_agg(distinct l.queue) filter (where l.status = 'pending'),
-           coalesce(pg_catalog.bool_or(l.status <> 'pending'), false)
-    into v_count, v_queues, v_finished
+           coalesce(pg_catalog.bool_or(l.status <> 'pending'), false),
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', l.id, 'parent_id', l.parent_id, 'step', l.parent_step, 'status', l.status,
+               'result', null, 'error', l.error)) filter (where l.parent_id is not null and l.status <> 'pending')
+    into v_count, v_queues, v_finished, v_children
     from lost l;
+
+    if v_children is not null then
+        perform pgconductor._settle_children(v_children);
+    end if;
 
     delete from pgconductor._workers w where w.last_seen_at < p_now - w.lease;
     if v_finished then

@@ -3,7 +3,8 @@
 -- Every execution, as users see it.
 create view pgconductor.executions as
 select e.id, e.task_name, e.queue, e.status, e.payload, e.result, e.error, e.attempts,
-       coalesce(e.max_attempts, t.max_attempts, 3) as max_attempts, e.priority, e.run_at,
+       coalesce(e.max_attempts, t.max_attempts, 3) as max_attempts, e.priority,
+       nullif(e.run_at, 'infinity') as run_at,  -- null: waits for a child without a timeout
        e.created_at, e.started_at, e.finished_at, e.dedupe_key, e.parent_id,
        e.batch_id, e.event_name, e.worker_id, e.cancel_reason, e.expires_at
 from pgconductor._executions e

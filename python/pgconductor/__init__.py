@@ -4,6 +4,8 @@ from .conductor import EXTENSION_VERSION, Conductor
 from .context import AbortSignal, BatchContext, TaskContext, TaskEvent
 from .errors import (
     Cancelled,
+    ChildFailed,
+    ChildTimeout,
     ExecutionCancelled,
     ExecutionFailed,
     ExtensionNotAvailable,
@@ -17,6 +19,7 @@ from .errors import (
     UnknownExecution,
     UnknownTask,
     WaitTimeout,
+    WindowClosed,
 )
 from .orchestrator import Orchestrator
 from .sql import ExecutionInfo, QueueStats
@@ -30,6 +33,8 @@ __all__ = [
     "AbortSignal",
     "BatchContext",
     "Cancelled",
+    "ChildFailed",
+    "ChildTimeout",
     "Conductor",
     "ExecutionCancelled",
     "ExecutionFailed",
@@ -52,6 +57,7 @@ __all__ = [
     "UnknownExecution",
     "UnknownTask",
     "WaitTimeout",
+    "WindowClosed",
     "Worker",
     "WorkerConfig",
     "define_task",

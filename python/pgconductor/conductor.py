@@ -222,6 +222,11 @@ class Conductor:
 
     # --- registry ------------------------------------------------------------------
 
+    def known_queue(self, task_name: str) -> str | None:
+        """The queue of a task registered on this Conductor, else None (the database decides)."""
+        known = self._tasks.get(task_name)
+        return known.queue if known is not None else None
+
     def definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]:
         """The definition of a task by name; UnknownTask if the Conductor has a task list without it."""
         if isinstance(task, TaskDefinition):
@@ -253,8 +258,6 @@ class Conductor:
         batch: Any = None,
     ) -> Task:
         """Register `handler` for a task and return its handle."""
-        if window is not None:
-            raise NotSupported("task option window= is not supported by this version")
         created = Task(
             definition=self.definition(task),
             handler=handler,
@@ -262,6 +265,7 @@ class Conductor:
             max_attempts=max_attempts,
             concurrency=concurrency,
             batch=batch,
+            window=window,
             remove_on_complete={"days": 7} if remove_on_complete is None else remove_on_complete,
             remove_on_fail={"days": 30} if remove_on_fail is None else remove_on_fail,
             triggers=tuple(triggers) if triggers is not None else (Invocable(),),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -81,6 +82,42 @@ class Cancelled(PgConductorError):
 class Released(PgConductorError):
     """Raised by ctx.step / ctx.checkpoint when the worker is stopping: the execution goes
     back to pending (attempt not counted, steps kept) and resumes on another worker."""
+
+
+class WindowClosed(Released):
+    """Raised by ctx.step / ctx.checkpoint when the task's time window has closed: the
+    execution waits (attempt not counted, steps kept) until `opens_at`, the next opening."""
+
+    def __init__(self, message: str, opens_at: datetime) -> None:
+        super().__init__(message)
+        self.opens_at = opens_at
+
+
+class ChildFailed(PgConductorError):
+    """Raised by ctx.invoke when the child execution failed for good or was cancelled;
+    `status` is "failed" or "cancelled", `error_type`/`error_message` its stored error.
+    The parent may catch it; uncaught, it fails the parent's attempt."""
+
+    def __init__(self, step: str, child_id: UUID, status: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        self.step = step
+        self.child_id = child_id
+        self.status = status
+        self.error_type: str = str(error.get("type", "Error"))
+        self.error_message: str = str(error.get("message", ""))
+        super().__init__(
+            f"child {child_id} of step {step!r} {status}: {self.error_type}: {self.error_message}"
+        )
+
+
+class ChildTimeout(PgConductorError, TimeoutError):
+    """Raised by ctx.invoke when `timeout_ms` passed before the child finished (the child
+    keeps running; its later outcome is not seen by the parent)."""
+
+    def __init__(self, step: str, child_id: UUID, timeout_ms: int | None) -> None:
+        self.step = step
+        self.child_id = child_id
+        super().__init__(f"child {child_id} of step {step!r} did not finish within {timeout_ms} ms")
 
 
 def translate(exc: psycopg.Error) -> Exception:

@@ -52,7 +52,7 @@ class ExecutionInfo:
     attempts: int
     max_attempts: int
     priority: int
-    run_at: datetime
+    run_at: datetime | None  # None: waits for a child without a timeout
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -337,6 +337,8 @@ RELEASE_ORPHANS: LiteralString = "select pgconductor.release_orphans(%s, %s)"
 UNREGISTER_WORKER: LiteralString = "select pgconductor.unregister_worker(%s)"
 MAINTENANCE: LiteralString = "select pgconductor.maintenance(%s)"
 SAVE_STEP: LiteralString = "select pgconductor.save_step(%s, %s, %s, %s, %s::jsonb)"
+INVOKE_CHILD: LiteralString = "select pgconductor.invoke_child(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
+CHECKPOINT: LiteralString = "select pgconductor.checkpoint(%s, %s, %s)"
 
 
 async def queue_channel(conn: AsyncConn, queue: str) -> str:
@@ -397,3 +399,27 @@ async def save_step(
 ) -> dict[str, Any]:
     saved: dict[str, Any] = await _one(conn, SAVE_STEP, (worker_id, execution_id, attempt, name, result_json))
     return saved
+
+
+async def invoke_child(
+    conn: AsyncConn,
+    worker_id: UUID,
+    execution_id: UUID,
+    attempt: int,
+    step: str,
+    task_name: str,
+    payload_json: str,
+    timeout_ms: int | None,
+    queue: str | None,
+) -> dict[str, Any]:
+    answer: dict[str, Any] = await _one(
+        conn,
+        INVOKE_CHILD,
+        (worker_id, execution_id, attempt, step, task_name, payload_json, timeout_ms, queue),
+    )
+    return answer
+
+
+async def checkpoint(conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int) -> dict[str, Any]:
+    answer: dict[str, Any] = await _one(conn, CHECKPOINT, (worker_id, execution_id, attempt))
+    return answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -145,6 +146,35 @@ def check_retention(input: str, value: object) -> Retention:
     raise InvalidInput(input, f'must be {{"days": N}} with 0 <= N <= 36500, 0, or False; got {value!r}')
 
 
+WINDOW_TIME = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def check_window(value: object) -> tuple[str, str, str] | None:
+    """Return a time window as (start, end, IANA zone) if valid: ("HH:MM", "HH:MM") or
+    ("HH:MM", "HH:MM", "Europe/Berlin"); start and end differ; end < start crosses midnight."""
+    if value is None:
+        return None
+    shape = 'must be None, ("HH:MM", "HH:MM") or ("HH:MM", "HH:MM", "<IANA time zone>")'
+    if not isinstance(value, tuple | list) or len(value) not in (2, 3):
+        raise InvalidInput("window", f"{shape}, got {value!r}")
+    if not all(isinstance(item, str) for item in value):
+        raise InvalidInput("window", f"{shape}, got {value!r}")
+    start, end = value[0], value[1]
+    zone = value[2] if len(value) == 3 else "UTC"
+    for item in (start, end):
+        if not WINDOW_TIME.fullmatch(item):
+            raise InvalidInput("window", f"{item!r} is not a time HH:MM between 00:00 and 23:59 ({shape})")
+    if start == end:
+        raise InvalidInput(
+            "window", f"start and end must differ, got {value!r} (no window means always open)"
+        )
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput("window", f"unknown IANA time zone {zone!r}") from None
+    return (start, end, zone)
+
+
 @dataclass
 class Task:
     """A task with its handler and options, as registered by workers."""
@@ -155,6 +185,7 @@ class Task:
     max_attempts: int = 3
     concurrency: int | None = None
     batch: dict[str, int] | None = None
+    window: tuple[str, str, str] | None = None
     remove_on_complete: Retention = field(default_factory=lambda: {"days": 7.0})
     remove_on_fail: Retention = field(default_factory=lambda: {"days": 30.0})
     triggers: tuple[Invocable, ...] = (Invocable(),)
@@ -182,6 +213,7 @@ class Task:
             raise InvalidInput(
                 "batch", f'must be None or {{"size": 1..10000, "timeout_ms": N >= 0}}, got {self.batch!r}'
             )
+        self.window = check_window(self.window)
         check_retention("remove_on_complete", self.remove_on_complete)
         check_retention("remove_on_fail", self.remove_on_fail)
         for trigger in self.triggers:
@@ -201,6 +233,7 @@ class Task:
             "max_attempts": self.max_attempts,
             "concurrency": self.concurrency,
             "batch": self.batch,
+            "window": list(self.window) if self.window is not None else None,
             "remove_on_complete": self.remove_on_complete,
             "remove_on_fail": self.remove_on_fail,
         }

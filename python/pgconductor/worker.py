@@ -23,9 +23,9 @@ from uuid import UUID
 import psycopg
 
 from . import sql
-from .context import BatchContext, SleepRequested, TaskContext, TaskEvent
+from .context import BatchContext, SleepRequested, TaskContext, TaskEvent, WaitRequested
 from .errors import InvalidInput, InvalidResult, LeaseExpired, Released
-from .task import Task
+from .task import Task, TaskDefinition
 
 if TYPE_CHECKING:
     from .conductor import Conductor
@@ -153,7 +153,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self.lease_seconds = 60
         self.registered_name = self.name
-        self.claimed = self.completed = self.failed = self.released = self.slept = 0
+        self.claimed = self.completed = self.failed = self.released = self.slept = self.waited = 0
 
     # --- signals from the orchestrator -------------------------------------------
 
@@ -190,6 +190,31 @@ class Worker:
         async with self.conductor.connection() as conn:
             return await sql.save_step(conn, self.id, execution_id, attempt, name, result_json)
 
+    def child_definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]:
+        """The definition of a child task (UnknownTask if the Conductor has a task list without it)."""
+        return self.conductor.definition(task)
+
+    async def invoke_child(
+        self,
+        execution_id: UUID,
+        attempt: int,
+        name: str,
+        definition: TaskDefinition[Any],
+        payload_json: str,
+        timeout_ms: int | None,
+    ) -> dict[str, Any]:
+        """Start a child once per (execution, step) and make the execution wait (one round trip)."""
+        queue = self.conductor.known_queue(definition.name)
+        async with self.conductor.connection() as conn:
+            return await sql.invoke_child(
+                conn, self.id, execution_id, attempt, name, definition.name, payload_json, timeout_ms, queue
+            )
+
+    async def checkpoint(self, execution_id: UUID, attempt: int) -> dict[str, Any]:
+        """Ask the database whether a held execution may go on (windowed tasks)."""
+        async with self.conductor.connection() as conn:
+            return await sql.checkpoint(conn, self.id, execution_id, attempt)
+
     def held(self) -> list[UUID]:
         """Every execution this worker runs or has yet to report (for the heartbeat)."""
         return list(self._unreported)
@@ -213,6 +238,7 @@ class Worker:
             "failed": self.failed,
             "released": self.released,
             "slept": self.slept,
+            "waited": self.waited,
         }
 
     # --- the pipeline --------------------------------------------------------------
@@ -314,7 +340,15 @@ class Worker:
                 groups.setdefault((row.task_name, row.batch_group), []).append(row)
                 continue
             task = self.tasks[row.task_name]
-            ctx = TaskContext(row.id, row.task_name, row.attempt, self.conductor.context, row.steps, self)
+            ctx = TaskContext(
+                row.id,
+                row.task_name,
+                row.attempt,
+                self.conductor.context,
+                row.steps,
+                self,
+                task.window is not None,
+            )
             run = asyncio.create_task(self._execute(task, row, ctx))
             self._running[(row.id, row.attempt)] = (run, ctx, task.is_async)
             runs += 1
@@ -331,6 +365,7 @@ class Worker:
     async def _execute(self, task: Task, row: sql.ClaimedExecution, ctx: TaskContext) -> None:
         started = time.monotonic()
         head = f'{{"id":"{row.id}","attempt":{row.attempt},"outcome":'
+        fragment: str | None
         try:
             event = TaskEvent(row.event_name, task.definition.parse_payload(row.payload))
             if task.is_async:
@@ -347,6 +382,9 @@ class Worker:
         except SleepRequested as sleep:
             fragment = f'{head}"sleep","step":{json.dumps(sleep.name)},"seconds":{sleep.seconds!r}}}'
             self.slept += 1
+        except WaitRequested:
+            fragment = None  # the database already made it wait for its child
+            self.waited += 1
         except Exception as exc:
             fragment = f'{head}"failed","error":{_error_json(exc)}}}'
             self.failed += 1
@@ -420,15 +458,18 @@ class Worker:
             )
         self._done(list(zip(rows, fragments, strict=True)))
 
-    def _done(self, outcomes: list[tuple[sql.ClaimedExecution, str]]) -> None:
-        """Buffer the outcomes of one handler run and free its slot."""
+    def _done(self, outcomes: list[tuple[sql.ClaimedExecution, str | None]]) -> None:
+        """Buffer the outcomes of one handler run (None: nothing to report) and free its slot."""
         for row, fragment in outcomes:
             del self._running[(row.id, row.attempt)]
+            if fragment is None:
+                self._unreported.discard(row.id)
+                continue
             self._buffer.append((row.id, fragment))
         self._active -= 1
         # The first buffered outcome starts the flusher's interval; idle or full flushes now.
         if (
-            len(self._buffer) == len(outcomes)
+            len(self._buffer) <= len(outcomes)
             or not self._active
             or len(self._buffer) >= self.config.flush_batch_size
         ):
