@@ -29,6 +29,19 @@ def orchestrator() -> Orchestrator:
     async def batch(events: Any, ctx: Any) -> None:
         return None
 
+    @conductor.task("steps10", remove_on_complete=False)
+    async def steps10(event: Any, ctx: Any) -> dict[str, float]:
+        # Ten durable steps; the result carries the mean wall time of one step (save included).
+        started = time.perf_counter()
+        for i in range(10):
+            await ctx.step(f"s{i}", lambda i=i: i)
+        return {"step_ms": (time.perf_counter() - started) * 100}
+
+    @conductor.task("parent", remove_on_complete=False)
+    async def parent(event: Any, ctx: Any) -> Any:
+        # One child round trip: invoke, wait without a worker, resume with the child's result.
+        return await ctx.invoke("child", "noop", {})
+
     @conductor.task("probe", remove_on_complete=False)
     async def probe(event: Any, ctx: Any) -> None:
         # Latency probe: record when the handler started, in wall-clock time.

@@ -95,12 +95,16 @@ def run_until_done(dsn: str, env: dict[str, str], enqueue: list[tuple[str, int]]
             )
         conn.execute("vacuum analyze pgconductor._executions")
         total = sum(count for _, count in enqueue)
+        names = [task for task, _ in enqueue]
         proc = start_worker(dsn, **env)
         try:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
+                # Only the enqueued tasks count: children of parents are extra executions.
                 row = conn.execute(
-                    "select count(*) filter (where status = 'completed') from pgconductor._executions"
+                    "select count(*) from pgconductor._executions where status = 'completed'"
+                    " and task_name = any(%s)",
+                    (names,),
                 ).fetchone()
                 if row and row[0] >= total:
                     break
@@ -159,6 +163,66 @@ def bench_batch(dsn: str, count: int) -> None:
         completed=result["completed"],
         seconds=result["seconds"],
         events_per_s=result["jobs_per_s"],
+    )
+
+
+def bench_steps(dsn: str, count: int, env: dict[str, str]) -> None:
+    """Executions of ten durable steps each: steps/s, and the per-step overhead measured two
+    ways: the handlers' own mean time per step (one save round trip), and the extra wall
+    time per step compared with no-op executions in the same worker."""
+    plain = run_until_done(dsn, env, [("noop", count)])["noop"]
+    stepped = run_until_done(dsn, env, [("steps10", count)])["steps10"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select avg((result ->> 'step_ms')::float8), percentile_cont(0.95) within group"
+            " (order by (result ->> 'step_ms')::float8) from pgconductor._executions"
+            " where task_name = 'steps10' and status = 'completed'"
+        ).fetchone()
+    assert row is not None
+    steps = count * 10
+    emit(
+        "durable_steps",
+        {"executions": count, "steps_per_execution": 10, "worker_processes": 1, **env},
+        completed=stepped["completed"],
+        seconds=stepped["seconds"],
+        steps_per_s=round(steps / stepped["seconds"]),
+        executions_per_s=stepped["jobs_per_s"],
+        handler_step_ms_mean=round(row[0], 3),
+        handler_step_ms_p95=round(row[1], 3),
+        extra_wall_ms_per_step=round((stepped["seconds"] - plain["seconds"]) * 1000 / steps, 4),
+    )
+    # One execution at a time: what one step costs a lone handler (its save's round trip).
+    serial_env = {**env, "BENCH_CONCURRENCY": "1", "BENCH_FETCH": "1"}
+    serial_count = max(1, count // 10)
+    serial = run_until_done(dsn, serial_env, [("steps10", serial_count)])["steps10"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select avg((result ->> 'step_ms')::float8), percentile_cont(0.95) within group"
+            " (order by (result ->> 'step_ms')::float8) from pgconductor._executions"
+            " where task_name = 'steps10' and status = 'completed'"
+        ).fetchone()
+    assert row is not None
+    emit(
+        "durable_steps_serial",
+        {"executions": serial_count, "steps_per_execution": 10, "worker_processes": 1, **serial_env},
+        completed=serial["completed"],
+        seconds=serial["seconds"],
+        steps_per_s=round(serial_count * 10 / serial["seconds"]),
+        handler_step_ms_mean=round(row[0], 3),
+        handler_step_ms_p95=round(row[1], 3),
+    )
+
+
+def bench_children(dsn: str, count: int, env: dict[str, str]) -> None:
+    """Parents that each invoke one no-op child and return its result: full child round
+    trips (parent waits, child runs, parent resumes) per second."""
+    result = run_until_done(dsn, env, [("parent", count)])["parent"]
+    emit(
+        "child_round_trips",
+        {"parents": count, "worker_processes": 1, **env},
+        completed=result["completed"],
+        seconds=result["seconds"],
+        round_trips_per_s=result["jobs_per_s"],
     )
 
 
@@ -244,7 +308,7 @@ def main() -> None:
             "PGCONDUCTOR_BENCH_SERVER", f"postgresql://{user}@{os.environ.get('PGHOST', '127.0.0.1')}:5432"
         ),
     )
-    parser.add_argument("--only", default="enqueue,throughput,latency,debounce,limits,batch")
+    parser.add_argument("--only", default="enqueue,throughput,latency,debounce,limits,batch,steps,children")
     parser.add_argument("--enqueue", type=int, default=100_000)
     parser.add_argument("--throughput", type=int, default=50_000)
     parser.add_argument("--latency", type=int, default=200)
@@ -269,6 +333,10 @@ def main() -> None:
         bench_mixed_limits(dsn, args.throughput, best)
     if "batch" in only:
         bench_batch(dsn, 100_000)
+    if "steps" in only:
+        bench_steps(dsn, 2_000, best)
+    if "children" in only:
+        bench_children(dsn, 2_000, best)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,69 @@
 -- pgconductor: durable steps.
 
--- Saves the result of a step of a running execution held by this worker (this attempt),
--- in one round trip. The first save of a name wins: a reused name keeps its first
--- result. Returns {"held": bool, "result": <the stored result>, "cancel_reason": text}:
--- held false means the execution is no longer this worker's (nothing saved); a
--- cancel_reason means its cancellation was requested.
+-- Saves step results of running executions held by this worker (each at its attempt), many
+-- in one call: p_steps is [{"id", "attempt", "name", "result"}, ...]. The first save of a
+-- name wins: a reused name keeps its first result. Returns, in item order,
+-- [{"held": bool, "result": <the stored result>, "cancel_reason": text}, ...]: held false
+-- means the execution is no longer this worker's (nothing saved); a cancel_reason means
+-- its cancellation was requested. A bad item raises PGC01 and nothing is saved.
+create function pgconductor.save_steps(p_worker_id uuid, p_steps jsonb)
+returns jsonb
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_bad record;
+    v_answer jsonb;
+begin
+    if p_steps is null or pg_catalog.jsonb_typeof(p_steps) <> 'array' then
+        perform pgconductor._invalid('steps', 'must be a JSON array', p_steps::text);
+    end if;
+    select x.ord, x.v into v_bad
+    from pg_catalog.jsonb_array_elements(p_steps) with ordinality x(v, ord)
+    where pg_catalog.jsonb_typeof(x.v) <> 'object'
+       or pg_catalog.jsonb_typeof(x.v -> 'name') is distinct from 'string'
+       or pg_catalog.btrim(x.v ->> 'name') = '' or pg_catalog.octet_length(x.v ->> 'name') > 200
+       or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+       or pg_catalog.jsonb_typeof(x.v -> 'attempt') is distinct from 'number'
+       or (x.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+    order by x.ord limit 1;
+    if found then
+        perform pgconductor._invalid(format('steps[%s]', v_bad.ord - 1),
+            'must be {"id": uuid, "attempt": int, "name": 1..200 bytes, "result": json}', v_bad.v::text);
+    end if;
+
+    with s as (
+        select x.ord, (x.v ->> 'id')::uuid as id, (x.v ->> 'attempt')::int as attempt, x.v ->> 'name' as name,
+               coalesce(x.v -> 'result', 'null'::jsonb) as result
+        from pg_catalog.jsonb_array_elements(p_steps) with ordinality x(v, ord)
+    ), held as (
+        select s.ord, s.id, s.name, s.result, e.cancel_reason
+        from s
+        join pgconductor._executions e on e.id = s.id
+        where e.status = 'running' and e.worker_id = p_worker_id and e.attempts = s.attempt
+    ), saved as (
+        insert into pgconductor._steps (execution_id, name, result, created_at)
+        select h.id, h.name, h.result, pgconductor.now() from held h
+        on conflict (execution_id, name) do nothing
+        returning execution_id, name, result
+    )
+    select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'held', h.id is not null,
+               -- Not saved now: the name was saved before (its first result wins).
+               'result', case when h.id is not null then coalesce(
+                   (select v.result from saved v where v.execution_id = h.id and v.name = h.name),
+                   (select p.result from pgconductor._steps p where p.execution_id = h.id and p.name = h.name)) end,
+               'cancel_reason', h.cancel_reason) order by s.ord)
+    into v_answer
+    from s left join held h on h.ord = s.ord;
+    return coalesce(v_answer, '[]'::jsonb);
+end;
+$$;
+comment on function pgconductor.save_steps(uuid, jsonb) is
+    'Worker: save many step results of held running executions in one call (first save of a name wins); reports cancellations.';
+
+-- save_steps for one step: returns {"held", "result", "cancel_reason"}.
 create function pgconductor.save_step(
     p_worker_id uuid,
     p_execution_id uuid,
@@ -17,28 +76,14 @@ language plpgsql
 volatile
 set search_path = ''
 as $$
-declare
-    v_reason text;
-    v_stored jsonb;
 begin
     perform pgconductor._check_name('name', p_name, 200);
-    select e.cancel_reason into v_reason
-    from pgconductor._executions e
-    where e.id = p_execution_id and e.status = 'running' and e.worker_id = p_worker_id
-      and e.attempts = p_attempt;
-    if not found then
-        return pg_catalog.jsonb_build_object('held', false, 'result', null, 'cancel_reason', null);
-    end if;
-    insert into pgconductor._steps (execution_id, name, result, created_at)
-    values (p_execution_id, p_name, coalesce(p_result, 'null'::jsonb), pgconductor.now())
-    on conflict (execution_id, name) do nothing;
-    select s.result into v_stored from pgconductor._steps s
-    where s.execution_id = p_execution_id and s.name = p_name;
-    return pg_catalog.jsonb_build_object('held', true, 'result', v_stored, 'cancel_reason', v_reason);
+    return pgconductor.save_steps(p_worker_id, pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+        'id', p_execution_id, 'attempt', p_attempt, 'name', p_name, 'result', coalesce(p_result, 'null'::jsonb)))) -> 0;
 end;
 $$;
 comment on function pgconductor.save_step(uuid, uuid, int, text, jsonb) is
-    'Worker: save a step result of a held running execution (first save of a name wins); reports cancellation.';
+    'Worker: save one step result of a held running execution (first save of a name wins); reports cancellation.';
 
 -- Tells a running execution held by this worker (this attempt) whether it may go on:
 -- {"held": bool, "cancel_reason": text, "window_opens_at": timestamptz}. A window_opens_at

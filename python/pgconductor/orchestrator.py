@@ -18,9 +18,10 @@ import psycopg
 
 from . import sql
 from .conductor import Conductor
+from .connection import BACKOFF_MAX_S, BACKOFF_START_S, DedicatedConnection
 from .errors import InvalidInput
 from .task import Task
-from .worker import BACKOFF_MAX_S, BACKOFF_START_S, Worker, WorkerConfig, _Connection
+from .worker import Worker, WorkerConfig
 
 logger = logging.getLogger("pgconductor.orchestrator")
 
@@ -47,7 +48,7 @@ class Orchestrator:
         for worker in workers:
             worker.lease_seconds = lease_seconds
             worker.registered_name = f"{name}/{worker.name}"
-        self._duty_conn = _Connection(conductor.dsn, "heartbeat")
+        self._duty_conn = DedicatedConnection(conductor.dsn, "heartbeat")
         self._background: list[asyncio.Task[None]] = []
         self._runs: list[asyncio.Task[None]] = []
         self._stopped: asyncio.Future[None] | None = None

@@ -336,7 +336,7 @@ REPORT: LiteralString = "select pgconductor.report(%s, %s::jsonb)"
 RELEASE_ORPHANS: LiteralString = "select pgconductor.release_orphans(%s, %s)"
 UNREGISTER_WORKER: LiteralString = "select pgconductor.unregister_worker(%s)"
 MAINTENANCE: LiteralString = "select pgconductor.maintenance(%s)"
-SAVE_STEP: LiteralString = "select pgconductor.save_step(%s, %s, %s, %s, %s::jsonb)"
+SAVE_STEPS: LiteralString = "select pgconductor.save_steps(%s, %s::jsonb)"
 INVOKE_CHILD: LiteralString = "select pgconductor.invoke_child(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
 CHECKPOINT: LiteralString = "select pgconductor.checkpoint(%s, %s, %s)"
 
@@ -394,13 +394,6 @@ async def maintenance(conn: AsyncConn, chunk: int) -> dict[str, Any]:
     return result
 
 
-async def save_step(
-    conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int, name: str, result_json: str
-) -> dict[str, Any]:
-    saved: dict[str, Any] = await _one(conn, SAVE_STEP, (worker_id, execution_id, attempt, name, result_json))
-    return saved
-
-
 async def invoke_child(
     conn: AsyncConn,
     worker_id: UUID,
@@ -423,3 +416,8 @@ async def invoke_child(
 async def checkpoint(conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int) -> dict[str, Any]:
     answer: dict[str, Any] = await _one(conn, CHECKPOINT, (worker_id, execution_id, attempt))
     return answer
+
+
+async def save_steps(conn: AsyncConn, worker_id: UUID, steps_json: str) -> list[dict[str, Any]]:
+    answers: list[dict[str, Any]] = await _one(conn, SAVE_STEPS, (worker_id, steps_json))
+    return answers

@@ -23,16 +23,16 @@ from uuid import UUID
 import psycopg
 
 from . import sql
+from .connection import DedicatedConnection
 from .context import BatchContext, SleepRequested, TaskContext, TaskEvent, WaitRequested
 from .errors import InvalidInput, InvalidResult, LeaseExpired, Released
+from .steps import StepWriter
 from .task import Task, TaskDefinition
 
 if TYPE_CHECKING:
     from .conductor import Conductor
 
 logger = logging.getLogger("pgconductor.worker")
-BACKOFF_START_S = 0.1
-BACKOFF_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,43 +73,6 @@ def _error_json(exc: BaseException) -> str:
 
 
 RunningKey = tuple[UUID, int]  # (execution id, attempt): one execution may be re-claimed
-
-
-class _Connection:
-    """A dedicated autocommit connection that is reopened with backoff after a failure."""
-
-    def __init__(self, dsn: str, role: str) -> None:
-        self._dsn = dsn
-        self._role = role
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._backoff = BACKOFF_START_S
-        self.lost = False
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        return self._conn
-
-    async def failed(self, exc: BaseException) -> None:
-        """Forget the connection and wait before the next try."""
-        self.lost = True
-        logger.warning(
-            "database connection lost; retrying",
-            extra={"connection": self._role, "error": str(exc), "retry_in_s": self._backoff},
-        )
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-        await asyncio.sleep(self._backoff)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-
-    def succeeded(self) -> None:
-        self._backoff = BACKOFF_START_S
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
 
 
 class Worker:
@@ -186,9 +149,8 @@ class Worker:
     async def save_step(
         self, execution_id: UUID, attempt: int, name: str, result_json: str
     ) -> dict[str, Any]:
-        """Save one step result (one round trip on a pooled connection)."""
-        async with self.conductor.connection() as conn:
-            return await sql.save_step(conn, self.id, execution_id, attempt, name, result_json)
+        """Save one step result (batched with the saves of other handlers: at most one round trip)."""
+        return await self._step_writer.save(execution_id, attempt, name, result_json)
 
     def child_definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]:
         """The definition of a child task (UnknownTask if the Conductor has a task list without it)."""
@@ -246,8 +208,9 @@ class Worker:
     async def run(self, drain: bool = False) -> None:
         """Claim and run until stopped (or, with drain, until nothing is ready); then let
         handlers finish within the grace period, release the rest and flush everything."""
-        self._claim_conn = _Connection(self.conductor.dsn, "claim")
-        self._flush_conn = _Connection(self.conductor.dsn, "flush")
+        self._claim_conn = DedicatedConnection(self.conductor.dsn, "claim")
+        self._flush_conn = DedicatedConnection(self.conductor.dsn, "flush")
+        self._step_writer = StepWriter(self.conductor.dsn, self.id)
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._claim_loop(drain)
@@ -258,6 +221,7 @@ class Worker:
             await flusher
             await self._claim_conn.close()
             await self._flush_conn.close()
+            await self._step_writer.close()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -29,9 +29,23 @@ select pgconductor.cancel(:'id', 'stop');
 select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', 1, 'next', '[1, 2]') ->> 'cancel_reason' as cancel_reason;
 -- a bad name is refused
 select pgconductor.save_step('00000000-0000-0000-0000-000000000002', :'id', 1, '', 'null');
+-- save_steps: many in one call, answers in item order; a bad item saves nothing
+select pgconductor.invoke('s') as id2 \gset
+select attempt as attempt2 from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default') \gset
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', jsonb_build_array(
+    jsonb_build_object('id', :'id2', 'attempt', :attempt2, 'name', 'a', 'result', '[1]'::jsonb),
+    jsonb_build_object('id', :'id2', 'attempt', :attempt2, 'name', 'next', 'result', '"again"'::jsonb),
+    jsonb_build_object('id', :'id', 'attempt', 1, 'name', 'next', 'result', '"mine"'::jsonb),
+    jsonb_build_object('id', :'id2', 'attempt', :attempt2 + 1, 'name', 'b', 'result', 'null'::jsonb)));
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', jsonb_build_array(
+    jsonb_build_object('id', :'id2', 'attempt', :attempt2, 'name', 'c'),
+    jsonb_build_object('id', :'id2', 'attempt', :attempt2, 'name', '')));
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', '{}');
+select name, result from pgconductor._steps where execution_id = :'id2' order by name;
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', '[]');
 -- retention takes the steps with the execution
 delete from pgconductor._executions where id = :'id';
-select count(*) as steps_left from pgconductor._steps;
+select count(*) as steps_left from pgconductor._steps where execution_id = :'id';
 
 -- a sleep report: waiting until now + seconds, attempt not counted, the sleep saved as a step;
 -- a claim after the wake-up time hands it out again with that step
