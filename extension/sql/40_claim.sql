@@ -146,13 +146,19 @@ begin
         limit 1000
         for update skip locked));
 
-    -- Tasks whose window is closed now: their due pending executions wait for the next
-    -- opening (so later claims do not scan past them), and this claim leaves them out.
-    select coalesce(pg_catalog.array_agg(t.name), '{}') into v_closed
-    from pgconductor._tasks t
-    where t.window_start is not null
-      and (p_task_names is null or t.name = any (p_task_names))
-      and pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now) > v_now;
+    -- One look at the tasks: which have a concurrency limit or a batch size (served first,
+    -- below), and which have a window that is closed now.
+    select coalesce(pg_catalog.array_agg(x.name order by x.name) filter (where x.special and not x.closed), '{}'),
+           coalesce(pg_catalog.array_agg(x.name) filter (where x.closed), '{}')
+    into v_special, v_closed
+    from (select t.name, t.concurrency is not null or t.batch_size is not null as special,
+                 t.window_start is not null and pgconductor._window_opens_at(
+                     t.window_start, t.window_end, t.window_timezone, v_now) > v_now as closed
+          from pgconductor._tasks t
+          where (t.concurrency is not null or t.batch_size is not null or t.window_start is not null)
+            and (p_task_names is null or t.name = any (p_task_names))) x;
+    -- A closed window's due executions wait for its next opening (so later claims do not
+    -- scan past them); this claim leaves them out.
     if pg_catalog.cardinality(v_closed) > 0 then
         update pgconductor._executions e
         set status = 'waiting',
@@ -166,12 +172,6 @@ begin
               limit 1000
               for update skip locked));
     end if;
-
-    select coalesce(pg_catalog.array_agg(t.name order by t.name), '{}') into v_special
-    from pgconductor._tasks t
-    where (t.concurrency is not null or t.batch_size is not null)
-      and (p_task_names is null or t.name = any (p_task_names))
-      and not (t.name = any (v_closed));
     if pg_catalog.cardinality(v_special) > 0 then
         -- The head of the other tasks' ready rows: a special task whose best ready row
         -- comes after it gets the smaller share, so priority order holds for small claims.
