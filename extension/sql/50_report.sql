@@ -167,6 +167,7 @@ declare
     v_children jsonb;
     v_ended int;
     v_told int;
+    v_found boolean;
 begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
@@ -174,20 +175,19 @@ begin
     if pg_catalog.octet_length(cancel.reason) > 1000 then
         perform pgconductor._invalid('reason', 'must be at most 1000 bytes', pg_catalog.left(cancel.reason, 40) || '...');
     end if;
-    perform from pgconductor._executions e
-    where e.id = cancel.execution_id and e.status in ('pending', 'waiting', 'running')
-    for update;
-    if not found then
-        return false;
-    end if;
-
-    with recursive tree as (
-        select cancel.execution_id as id
-        union
-        select c.id from pgconductor._executions c join tree on c.parent_id = tree.id
+    -- Rows are locked children first (deepest first), the order in which a child's report
+    -- locks the child and then its parent, so that cancel and report cannot deadlock.
+    with recursive tree (id, depth) as (
+        select e.id, 0 from pgconductor._executions e
+        where e.id = cancel.execution_id and e.status in ('pending', 'waiting', 'running')
+        union all
+        select c.id, tree.depth + 1
+        from pgconductor._executions c join tree on c.parent_id = tree.id
+        where tree.depth < 1000
     ), targets as (
         select e.id, e.status from pgconductor._executions e join tree on tree.id = e.id
         where e.status in ('pending', 'waiting', 'running')
+        order by tree.depth desc, e.id
         for update of e
     ), ended as (
         update pgconductor._executions e
@@ -211,8 +211,9 @@ begin
                 'id', x.id, 'parent_id', x.parent_id, 'step', x.parent_step, 'status', 'cancelled',
                 'result', null, 'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
             from ended x where x.parent_id is not null),
-           (select pg_catalog.count(*) from told)
-    into v_ended, v_children, v_told;
+           (select pg_catalog.count(*) from told),
+           exists (select 1 from targets t where t.id = cancel.execution_id)
+    into v_ended, v_children, v_told, v_found;
 
     if v_children is not null then
         perform pgconductor._settle_children(v_children);
@@ -220,7 +221,7 @@ begin
     if v_ended > 0 then
         perform pg_catalog.pg_notify('pgconductor.finished', '');
     end if;
-    return true;
+    return v_found;
 end;
 $$;
 comment on function pgconductor.cancel(uuid, text) is

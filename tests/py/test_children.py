@@ -405,3 +405,54 @@ async def test_plain_def_handlers_use_the_blocking_twins(conductor: Conductor, d
     await drain(conductor)
     assert await conductor.wait_for(parent_id) == 6
     assert calls == {"runs": 3, "first": 1}
+
+
+async def test_cancelling_a_running_parent_cancels_its_running_child(conductor: Conductor, db: DB) -> None:
+    await set_fake_time(conductor, T0)
+    child_saw: list[str | None] = []
+    parent_saw: list[str | None] = []
+    child_started = asyncio.Event()
+    parent_resumed = asyncio.Event()
+
+    @conductor.task("long-child")
+    async def long_child(event: Any, ctx: Any) -> None:
+        child_started.set()
+        child_saw.append(await ctx.signal.wait())
+        await ctx.checkpoint()
+
+    @conductor.task("busy-parent", max_attempts=3)
+    async def busy_parent(event: Any, ctx: Any) -> None:
+        try:
+            await ctx.invoke("child", "long-child", {}, timeout_ms=1_000)
+        except ChildTimeout:
+            pass
+        parent_resumed.set()
+        parent_saw.append(await ctx.signal.wait())
+        await ctx.checkpoint()
+
+    parent_id = await busy_parent.invoke({})
+    orchestrator = Orchestrator.create(conductor)
+    await orchestrator.start()
+    try:
+        await asyncio.wait_for(child_started.wait(), 10)
+        await advance_time(conductor, timedelta(seconds=2))  # the parent's timeout passes
+        await conductor.invoke("long-child", {"wake": True})  # a notification: claim now
+        await asyncio.wait_for(parent_resumed.wait(), 10)
+        assert await conductor.cancel(parent_id, reason="stop all") is True
+        with pytest.raises(ExecutionCancelled):
+            await conductor.wait_for(parent_id, timeout=10)
+        child = db.execute(
+            "select id from pgconductor._executions where parent_id = %s", (parent_id,)
+        ).fetchone()
+        assert child is not None
+        with pytest.raises(ExecutionCancelled):
+            await conductor.wait_for(child[0], timeout=10)
+    finally:
+        await orchestrator.stop()
+    assert parent_saw == ["stop all"] and child_saw[0] == "stop all"
+    # Cancelled executions are not retried.
+    rows = db.execute(
+        "select status, attempts from pgconductor._executions where id = %s or parent_id = %s",
+        (parent_id, parent_id),
+    ).fetchall()
+    assert rows == [("cancelled", 1), ("cancelled", 1)]
