@@ -323,27 +323,32 @@ class TaskContext:
 
     # --- blocking twins for plain `def` handlers (they run in a worker thread) ---------
 
+    def _refuse_in_loop(self, what: str) -> None:
+        """The twins block their thread: on the event loop's own thread they would stall
+        every handler of the worker (or deadlock), so they refuse before doing anything."""
+        if self._loop is not None and _in_loop(self._loop):
+            raise PgConductorError(
+                f"ctx.{what}_sync blocks: in an async handler, use `await ctx.{what}(...)`"
+            )
+
     def _run(self, what: str, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a context coroutine on the worker's event loop from a handler thread."""
         loop = self._loop
         if loop is None or not loop.is_running():
             coro.close()
             raise PgConductorError(f"ctx.{what}_sync needs a running worker")
-        if _in_loop(loop):
-            coro.close()
-            raise PgConductorError(
-                f"ctx.{what}_sync blocks: in an async handler, use `await ctx.{what}(...)`"
-            )
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def checkpoint_sync(self) -> None:
         """Blocking twin of `checkpoint`, for plain `def` handlers."""
+        self._refuse_in_loop("checkpoint")
         self._check()
         if self._windowed:
             self._run("checkpoint", self._ask())
 
     def sleep_sync(self, name: str, delay: float | timedelta) -> None:
         """Blocking twin of `sleep`, for plain `def` handlers."""
+        self._refuse_in_loop("sleep")
         seconds = self._sleep_seconds(name, delay)
         self._check()
         if name in self._steps:
@@ -352,6 +357,7 @@ class TaskContext:
 
     def step_sync(self, name: str, fn: Callable[[], Any]) -> Any:
         """Blocking twin of `step`, for plain `def` handlers: `fn` runs in the handler's thread."""
+        self._refuse_in_loop("step")
         check_name("step name", name, 200)
         self._check()
         if name in self._steps:
@@ -371,6 +377,7 @@ class TaskContext:
         timeout_ms: int | None = None,
     ) -> Any:
         """Blocking twin of `invoke`, for plain `def` handlers."""
+        self._refuse_in_loop("invoke")
         return self._run("invoke", self.invoke(name, task, payload, timeout_ms))
 
     @property

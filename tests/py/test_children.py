@@ -21,6 +21,7 @@ from pgconductor import (
     ExecutionFailed,
     InvalidInput,
     Orchestrator,
+    PgConductorError,
     define_task,
 )
 from pgconductor.testing import advance_time, set_fake_time
@@ -456,3 +457,28 @@ async def test_cancelling_a_running_parent_cancels_its_running_child(conductor: 
         (parent_id, parent_id),
     ).fetchall()
     assert rows == [("cancelled", 1), ("cancelled", 1)]
+
+
+async def test_blocking_twins_refuse_to_run_in_an_async_handler(conductor: Conductor, db: DB) -> None:
+    refused: list[str] = []
+    ran: list[str] = []
+
+    @conductor.task("async-with-twins", max_attempts=1)
+    async def async_with_twins(event: Any, ctx: Any) -> None:
+        for name, call in (
+            ("step", lambda: ctx.step_sync("s", lambda: ran.append("step fn"))),
+            ("sleep", lambda: ctx.sleep_sync("nap", 1000)),
+            ("checkpoint", lambda: ctx.checkpoint_sync()),
+            ("invoke", lambda: ctx.invoke_sync("c", "async-with-twins", {})),
+        ):
+            try:
+                call()
+            except PgConductorError as exc:
+                assert f"await ctx.{name}" in str(exc)
+                refused.append(name)
+
+    execution_id = await async_with_twins.invoke({})
+    await drain(conductor)
+    await conductor.wait_for(execution_id)
+    assert refused == ["step", "sleep", "checkpoint", "invoke"] and ran == []
+    assert db.execute("select count(*) from pgconductor._steps").fetchone() == (0,)
