@@ -121,9 +121,7 @@ class Orchestrator:
             asyncio.create_task(self._maintenance_loop()),
         ]
         await listener_ready.wait()
-        self._runs = [asyncio.create_task(w.run(drain=drain)) for w in self.workers]
-        for run in self._runs:
-            run.add_done_callback(self._worker_ended)
+        self._run_workers(drain)
         if handle_signals is None:
             handle_signals = threading.current_thread() is threading.main_thread()
         if handle_signals:
@@ -134,6 +132,11 @@ class Orchestrator:
             "orchestrator started",
             extra={"orchestrator": self.name, "workers": [w.info() for w in self.workers]},
         )
+
+    def _run_workers(self, drain: bool) -> None:
+        self._runs = [asyncio.create_task(w.run(drain=drain)) for w in self.workers]
+        for run in self._runs:
+            run.add_done_callback(self._worker_ended)
 
     def _worker_ended(self, run: asyncio.Task[None]) -> None:
         """A worker that dies of an unexpected error stops the whole orchestrator, loudly:
@@ -207,8 +210,18 @@ class Orchestrator:
     async def drain(self) -> None:
         """Run until no execution of these workers' tasks is ready, then stop (for tests)."""
         await self._start(drain=True, handle_signals=False)
-        await asyncio.gather(*self._runs)
-        await self.stop()
+        try:
+            # A worker stops when its own queue has nothing ready, but another worker may make
+            # it ready again (a child in another queue, a parent its child woke up): run the
+            # workers again until a round in which none of them claimed anything.
+            while True:
+                claimed = sum(w.claimed for w in self.workers)
+                await asyncio.gather(*self._runs)
+                if sum(w.claimed for w in self.workers) == claimed or self._state != "running":
+                    break
+                self._run_workers(drain=True)
+        finally:
+            await self.stop()
 
     def info(self) -> dict[str, Any]:
         """State, name and per-worker counters."""

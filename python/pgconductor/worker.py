@@ -208,6 +208,7 @@ class Worker:
     async def run(self, drain: bool = False) -> None:
         """Claim and run until stopped (or, with drain, until nothing is ready); then let
         handlers finish within the grace period, release the rest and flush everything."""
+        self._closing = False  # a drained worker may be run again
         self._claim_conn = DedicatedConnection(self.conductor.dsn, "claim")
         self._flush_conn = DedicatedConnection(self.conductor.dsn, "flush")
         self._step_writer = StepWriter(self.conductor.dsn, self.id)

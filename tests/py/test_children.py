@@ -482,3 +482,19 @@ async def test_blocking_twins_refuse_to_run_in_an_async_handler(conductor: Condu
     await conductor.wait_for(execution_id)
     assert refused == ["step", "sleep", "checkpoint", "invoke"] and ran == []
     assert db.execute("select count(*) from pgconductor._steps").fetchone() == (0,)
+
+
+async def test_drain_runs_children_in_other_queues(conductor: Conductor) -> None:
+    @conductor.task("remote-child", queue="kids")
+    async def remote_child(event: Any, ctx: Any) -> str:
+        return "from kids"
+
+    @conductor.task("local-parent", queue="default")
+    async def local_parent(event: Any, ctx: Any) -> Any:
+        first = await ctx.invoke("one", "remote-child", {})
+        second = await ctx.invoke("two", "remote-child", {})
+        return [first, second]
+
+    parent_id = await local_parent.invoke({})
+    await drain(conductor)  # one drain: the workers of both queues run until all is done
+    assert await conductor.wait_for(parent_id, timeout=1) == ["from kids", "from kids"]
