@@ -57,6 +57,7 @@ create table pgconductor._executions (
     dedupe_key text,
     parent_id uuid,    -- set on a child execution: the execution whose ctx.invoke created it
     parent_step text,  -- ... and the step name under which its outcome is saved in the parent
+    wait_step text,    -- while waiting: the step (a child's or a sleep's) whose saving ends the wait
     batch_id uuid,
     event_name text not null default 'pgconductor.invoke',
     worker_id uuid,

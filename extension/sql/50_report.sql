@@ -111,6 +111,7 @@ begin
                              secs => least(60.0, 15 * pg_catalog.power(2, cur.attempts - 1)))
                          when cur.next = 'pending' then v_now
                          else e.run_at end,
+            wait_step = null,  -- a sleep ends by time; only invoke_child waits on a step
             finished_at = case when cur.next in ('completed', 'failed', 'cancelled') then v_now end,
             expires_at = case when cur.next in ('completed', 'failed', 'cancelled') then v_now + cur.keep end,
             worker_id = null
@@ -149,6 +150,53 @@ $$;
 comment on function pgconductor.report(uuid, jsonb) is
     'Worker: apply buffered outcomes (completed, failed with retry/backoff, released) of many executions in one call.';
 
+-- Cancels the unfinished executions among p_roots and their unfinished descendants:
+-- pending or waiting -> cancelled; running -> flagged (cancel_reason) and their workers
+-- notified on channel pgconductor.cancel with payload '<id> <reason>'. Rows are locked
+-- deepest first, the order in which a child's report locks the child and then its parent,
+-- so that cancel and report cannot deadlock. Returns every row it ended or flagged.
+create function pgconductor._cancel_tree(p_roots uuid[], p_reason text, p_now timestamptz)
+returns table (id uuid, ended boolean, parent_id uuid, parent_step text)
+language sql
+volatile
+set search_path = ''
+as $$
+    with recursive tree (id, depth) as (
+        select e.id, 0 from pgconductor._executions e
+        where e.id = any (p_roots) and e.status in ('pending', 'waiting', 'running')
+        union all
+        select c.id, tree.depth + 1
+        from pgconductor._executions c join tree on c.parent_id = tree.id
+        where tree.depth < 1000
+    ), targets as (
+        select e.id, e.status from pgconductor._executions e join tree on tree.id = e.id
+        where e.status in ('pending', 'waiting', 'running')
+        order by tree.depth desc, e.id
+        for update of e
+    ), ended as (
+        update pgconductor._executions e
+        set status = 'cancelled', finished_at = p_now, cancel_reason = p_reason, worker_id = null,
+            error = pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', p_reason),
+            expires_at = pgconductor._expires_at(e.task_name, 'cancelled', p_now)
+        from targets t
+        where e.id = t.id and t.status in ('pending', 'waiting')
+        returning e.id, e.parent_id, e.parent_step
+    ), flagged as (
+        update pgconductor._executions e
+        set cancel_reason = coalesce(e.cancel_reason, p_reason)
+        from targets t
+        where e.id = t.id and t.status = 'running'
+        returning e.id, e.parent_id, e.parent_step, e.cancel_reason
+    ), told as (
+        select f.id, f.parent_id, f.parent_step,
+               pg_catalog.pg_notify('pgconductor.cancel', f.id::text || ' ' || f.cancel_reason)
+        from flagged f
+    )
+    select x.id, true, x.parent_id, x.parent_step from ended x
+    union all
+    select t.id, false, t.parent_id, t.parent_step from told t
+$$;
+
 -- Cancels an execution and its unfinished descendants (children, grandchildren...):
 -- pending or waiting -> cancelled at once (never runs); running -> flagged and its
 -- worker notified on channel pgconductor.cancel with payload '<id> <reason>' (the
@@ -164,10 +212,14 @@ as $$
 declare
     v_now timestamptz := pgconductor.now();
     v_reason text := coalesce(cancel.reason, 'cancelled');
+    v_roots uuid[] := array[cancel.execution_id];
+    v_done uuid[] := '{}';
+    v_ids uuid[];
     v_children jsonb;
-    v_ended int;
-    v_told int;
+    v_ended int := 0;
     v_found boolean;
+    v_answer boolean;
+    v_pass int := 0;
 begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
@@ -175,53 +227,38 @@ begin
     if pg_catalog.octet_length(cancel.reason) > 1000 then
         perform pgconductor._invalid('reason', 'must be at most 1000 bytes', pg_catalog.left(cancel.reason, 40) || '...');
     end if;
-    -- Rows are locked children first (deepest first), the order in which a child's report
-    -- locks the child and then its parent, so that cancel and report cannot deadlock.
-    with recursive tree (id, depth) as (
-        select e.id, 0 from pgconductor._executions e
-        where e.id = cancel.execution_id and e.status in ('pending', 'waiting', 'running')
-        union all
-        select c.id, tree.depth + 1
-        from pgconductor._executions c join tree on c.parent_id = tree.id
-        where tree.depth < 1000
-    ), targets as (
-        select e.id, e.status from pgconductor._executions e join tree on tree.id = e.id
-        where e.status in ('pending', 'waiting', 'running')
-        order by tree.depth desc, e.id
-        for update of e
-    ), ended as (
-        update pgconductor._executions e
-        set status = 'cancelled', finished_at = v_now, cancel_reason = v_reason, worker_id = null,
-            error = pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason),
-            expires_at = pgconductor._expires_at(e.task_name, 'cancelled', v_now)
-        from targets t
-        where e.id = t.id and t.status in ('pending', 'waiting')
-        returning e.id, e.parent_id, e.parent_step
-    ), flagged as (
-        update pgconductor._executions e
-        set cancel_reason = coalesce(e.cancel_reason, v_reason)
-        from targets t
-        where e.id = t.id and t.status = 'running'
-        returning e.id, e.cancel_reason
-    ), told as (
-        select pg_catalog.pg_notify('pgconductor.cancel', f.id::text || ' ' || f.cancel_reason) from flagged f
-    )
-    select (select pg_catalog.count(*) from ended),
-           (select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                'id', x.id, 'parent_id', x.parent_id, 'step', x.parent_step, 'status', 'cancelled',
-                'result', null, 'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
-            from ended x where x.parent_id is not null),
-           (select pg_catalog.count(*) from told),
-           exists (select 1 from targets t where t.id = cancel.execution_id)
-    into v_ended, v_children, v_told, v_found;
-
-    if v_children is not null then
-        perform pgconductor._settle_children(v_children);
-    end if;
-    if v_ended > 0 then
-        perform pg_catalog.pg_notify('pgconductor.finished', '');
-    end if;
-    return v_found;
+    -- Each pass starts from a new snapshot: a child that an invoke_child was creating
+    -- while this call waited for its parent's lock is found by the next pass (an
+    -- invoke_child after that sees its parent cancelled and creates nothing).
+    loop
+        v_pass := v_pass + 1;
+        select pg_catalog.array_agg(t.id),
+               pg_catalog.count(*) filter (where t.ended),
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', t.id, 'parent_id', t.parent_id, 'step', t.parent_step, 'status', 'cancelled',
+                   'result', null, 'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
+                   filter (where t.ended and t.parent_id is not null),
+               coalesce(pg_catalog.bool_or(t.id = cancel.execution_id), false)
+        into v_ids, v_ended, v_children, v_found
+        from pgconductor._cancel_tree(v_roots, v_reason, v_now) t;
+        if v_pass = 1 then
+            v_answer := v_found;  -- the answer is about the execution itself, in the first pass
+        end if;
+        if v_children is not null then
+            perform pgconductor._settle_children(v_children);
+        end if;
+        if v_ended > 0 then
+            perform pg_catalog.pg_notify('pgconductor.finished', '');
+        end if;
+        exit when v_ids is null;
+        v_done := v_done || v_ids;
+        select pg_catalog.array_agg(c.id) into v_roots
+        from pgconductor._executions c
+        where c.parent_id = any (v_ids) and c.status in ('pending', 'waiting', 'running')
+          and not (c.id = any (v_done));
+        exit when v_roots is null;
+    end loop;
+    return v_answer;
 end;
 $$;
 comment on function pgconductor.cancel(uuid, text) is

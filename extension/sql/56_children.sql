@@ -83,7 +83,7 @@ begin
     -- The child was created in this transaction, or is still unfinished (a finished child
     -- has written the step): nobody can wake the parent before it waits.
     update pgconductor._executions e
-    set status = 'waiting', attempts = e.attempts - 1, worker_id = null,
+    set status = 'waiting', attempts = e.attempts - 1, worker_id = null, wait_step = p_step,
         run_at = case when p_timeout_ms is null then 'infinity'::timestamptz
                       else v_child_created + pg_catalog.make_interval(secs => p_timeout_ms / 1000.0) end
     where e.id = p_execution_id;
@@ -97,7 +97,8 @@ comment on function pgconductor.invoke_child(uuid, uuid, int, text, text, jsonb,
 -- "status", "result", "error"}; the first outcome of a step wins, so a timeout stays a
 -- timeout) and makes each parent that waits on such a step ready at once. p_children:
 -- [{"id", "parent_id", "step", "status", "result", "error"}, ...]; parents already
--- removed by retention are skipped.
+-- removed by retention are skipped. Callers hold the children's rows; the parents are
+-- locked here, after them (the order cancel keeps too).
 create function pgconductor._settle_children(p_children jsonb)
 returns void
 language plpgsql
@@ -108,6 +109,16 @@ declare
     v_now timestamptz := pgconductor.now();
     v_queues text[];
 begin
+    -- Lock the parents first: a parent still running may be about to wait on this very
+    -- step (invoke_child holds it while deciding); once it commits, the statement below
+    -- sees it waiting, and its invoke_child, if later, sees the saved step.
+    perform from pgconductor._executions p
+    where p.id = any (array(
+        select (x ->> 'parent_id')::uuid from pg_catalog.jsonb_array_elements(p_children) x
+        where x ->> 'parent_id' is not null))
+    order by p.id
+    for no key update;
+
     with c as (
         select x.id, x.parent_id, x.step, x.status, x.result, x.error
         from pg_catalog.jsonb_to_recordset(p_children)
@@ -120,13 +131,14 @@ begin
         from c
         where exists (select 1 from pgconductor._executions p where p.id = c.parent_id)
         on conflict (execution_id, name) do nothing
-        returning execution_id
+        returning execution_id, name
     ), woken as (
-        -- Only a step saved now wakes: a parent asleep for another reason stays asleep.
+        -- Only a parent waiting on this very step wakes: one asleep, or waiting on
+        -- another child, stays so.
         update pgconductor._executions p
-        set status = 'pending', run_at = v_now
+        set status = 'pending', run_at = v_now, wait_step = null
         from saved
-        where p.id = saved.execution_id and p.status = 'waiting'
+        where p.id = saved.execution_id and p.status = 'waiting' and p.wait_step = saved.name
         returning p.queue
     )
     select pg_catalog.array_agg(distinct w.queue) into v_queues from woken w;

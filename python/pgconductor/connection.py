@@ -24,6 +24,11 @@ class DedicatedConnection:
         self._backoff = BACKOFF_START_S
         self.lost = False
 
+    @property
+    def closed(self) -> bool:
+        """True when there is no open connection (never opened, lost or closed)."""
+        return self._conn is None or self._conn.closed
+
     async def get(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)

@@ -125,6 +125,7 @@ class TaskContext:
 
     __slots__ = (
         "_cancel_reason",
+        "_handed_back",
         "_lease_lost",
         "_logger",
         "_loop",
@@ -158,6 +159,7 @@ class TaskContext:
         self._windowed = windowed  # its task has a time window: checks ask the database
         self._cancel_reason: str | None = None
         self._lease_lost = False
+        self._handed_back = False  # ctx.invoke made it wait: this run has nothing more to do
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -175,7 +177,17 @@ class TaskContext:
         self._lease_lost = True
         self.signal.abort("lease lost")
 
+    @property
+    def handed_back(self) -> bool:
+        """True once ctx.invoke made the execution wait for its child (this run is over)."""
+        return self._handed_back
+
     def _check(self) -> None:
+        if self._handed_back:
+            raise PgConductorError(
+                f"execution {self.execution_id} waits for its child: this run must end "
+                "(do not catch the BaseException ctx.invoke raises)"
+            )
         if self._cancel_reason is not None:
             raise Cancelled(self._cancel_reason)
         if self._lease_lost:
@@ -304,6 +316,7 @@ class TaskContext:
                 self.cancel_requested(answer["cancel_reason"])
                 self._check()
             if answer.get("waiting"):
+                self._handed_back = True
                 raise WaitRequested(name)
             self._steps[name] = answer["outcome"]
         return self._child_outcome(name, definition, self._steps[name], timeout_ms)

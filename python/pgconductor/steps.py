@@ -18,9 +18,34 @@ import psycopg
 
 from . import sql
 from .connection import DedicatedConnection
+from .errors import PgConductorError
 
 logger = logging.getLogger("pgconductor.worker")
 MAX_BATCH = 500
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def _settle(
+    future: asyncio.Future[dict[str, Any]],
+    answer: dict[str, Any] | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    if future.done():  # its handler may have been cancelled meanwhile
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    elif exc is not None:
+        future.set_exception(exc)
+    else:
+        assert answer is not None
+        future.set_result(answer)
+
+
+def _connection_lost(exc: psycopg.OperationalError, conn: DedicatedConnection) -> bool:
+    """Retry only what a new try can fix: a lost connection, a deadlock or serialization
+    failure, a server shutting down (SQLSTATE classes 08, 40, 57)."""
+    state = exc.sqlstate
+    return state is None or state[:2] in ("08", "40", "57") or conn.closed
 
 
 class StepWriter:
@@ -42,37 +67,57 @@ class StepWriter:
             self._writer = asyncio.create_task(self._write_queued())
         return await future
 
+    def _next_batch(self) -> list[tuple[str, asyncio.Future[dict[str, Any]]]]:
+        """The queued saves that go out together: at most MAX_BATCH, and MAX_BATCH_BYTES of
+        JSON (Postgres limits one jsonb value), but always at least one."""
+        size = 0
+        count = 0
+        for item, _ in self._queue[:MAX_BATCH]:
+            size += len(item)
+            if count and size > MAX_BATCH_BYTES:
+                break
+            count += 1
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
     async def _write_queued(self) -> None:
         # No await between the emptiness check and returning: a save that finds this task
         # done has its item written by the next task it starts.
         while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            batch = self._next_batch()
             try:
-                answers = await self._write([item for item, _ in batch])
-            except psycopg.Error:
-                # Refused as a whole: write one by one, so one bad item fails only its saver.
-                for item, future in batch:
-                    try:
-                        (answer,) = await self._write([item])
-                    except psycopg.Error as exc:
-                        if not future.done():
-                            future.set_exception(exc)
-                    else:
-                        if not future.done():
-                            future.set_result(answer)
-                continue
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():  # its handler may have been cancelled meanwhile
-                    future.set_result(answer)
+                try:
+                    answers = await self._write([item for item, _ in batch])
+                except (PgConductorError, psycopg.Error):
+                    # Refused as a whole: write one by one, so one bad item fails only its saver.
+                    for item, future in batch:
+                        try:
+                            (answer,) = await self._write([item])
+                        except (PgConductorError, psycopg.Error) as exc:
+                            _settle(future, exc=exc)
+                        else:
+                            _settle(future, answer)
+                    continue
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    _settle(future, answer)
+            except BaseException as exc:
+                # Whatever happened, no saver may wait forever.
+                for _, future in batch:
+                    _settle(future, exc=exc)
+                if not isinstance(exc, Exception):
+                    raise
 
     async def _write(self, items: list[str]) -> list[dict[str, Any]]:
-        """One save_steps call, retried through reconnects (a save is idempotent)."""
+        """One save_steps call, retried after a lost connection (a save is idempotent).
+        An error the server raises (a refusal, a limit) is not retried."""
         payload = "[" + ",".join(items) + "]"
         while True:
             try:
                 conn = await self._conn.get()
                 answers = await sql.save_steps(conn, self._worker_id, payload)
             except psycopg.OperationalError as exc:
+                if not _connection_lost(exc, self._conn):
+                    raise
                 await self._conn.failed(exc)
                 continue
             self._conn.succeeded()

@@ -26,7 +26,13 @@ def check_name(input: str, value: object, max_len: int) -> str:
     """Return `value` if it is a usable task or queue name, else raise InvalidInput."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(input, f"must be a non-empty string, got {value!r}")
-    if len(value.encode()) > max_len:
+    if "\x00" in value:
+        raise InvalidInput(input, f"must not contain NUL characters, got {value!r}")
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(input, f"must be valid UTF-8 text (no lone surrogates), got {value!r}") from None
+    if len(encoded) > max_len:
         raise InvalidInput(input, f"must be at most {max_len} bytes")
     return value
 

@@ -72,6 +72,20 @@ def _error_json(exc: BaseException) -> str:
     )
 
 
+def _control_flow(exc: BaseException) -> BaseException:
+    """The exception that decides a run's outcome: a group raised by an asyncio.TaskGroup
+    (or an ExceptionGroup) that carries a wait, a sleep or a release is decided by it."""
+    if isinstance(exc, BaseExceptionGroup):
+        for kind in (WaitRequested, SleepRequested, Released, asyncio.CancelledError):
+            match = exc.subgroup(kind)
+            if match is not None:
+                leaf: BaseException = match
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                return leaf
+    return exc
+
+
 RunningKey = tuple[UUID, int]  # (execution id, attempt): one execution may be re-claimed
 
 
@@ -341,29 +355,31 @@ class Worker:
                 )
             fragment = f'{head}"completed","result":{task.definition.dump_result(result)}}}'
             self.completed += 1
-        except (asyncio.CancelledError, Released):
-            fragment = f'{head}"released"}}'
-            self.released += 1
-        except SleepRequested as sleep:
-            fragment = f'{head}"sleep","step":{json.dumps(sleep.name)},"seconds":{sleep.seconds!r}}}'
-            self.slept += 1
-        except WaitRequested:
-            fragment = None  # the database already made it wait for its child
-            self.waited += 1
-        except Exception as exc:
-            fragment = f'{head}"failed","error":{_error_json(exc)}}}'
-            self.failed += 1
-            logger.warning(
-                "execution failed: %s: %s",
-                type(exc).__name__,
-                exc,
-                extra={
-                    "task": row.task_name,
-                    "execution_id": str(row.id),
-                    "attempt": row.attempt,
-                    "duration_ms": round((time.monotonic() - started) * 1000, 3),
-                },
-            )
+        except BaseException as raised:
+            exc = _control_flow(raised)
+            if isinstance(exc, WaitRequested):
+                fragment = None  # the database already made it wait for its child
+                self.waited += 1
+            elif isinstance(exc, SleepRequested):
+                fragment = f'{head}"sleep","step":{json.dumps(exc.name)},"seconds":{exc.seconds!r}}}'
+                self.slept += 1
+            elif isinstance(exc, asyncio.CancelledError | Released):
+                fragment = f'{head}"released"}}'
+                self.released += 1
+            else:
+                fragment = f'{head}"failed","error":{_error_json(raised)}}}'
+                self.failed += 1
+                logger.warning(
+                    "execution failed: %s: %s",
+                    type(raised).__name__,
+                    raised,
+                    extra={
+                        "task": row.task_name,
+                        "execution_id": str(row.id),
+                        "attempt": row.attempt,
+                        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                    },
+                )
         else:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -375,6 +391,8 @@ class Worker:
                         "duration_ms": round((time.monotonic() - started) * 1000, 3),
                     },
                 )
+        if ctx.handed_back:
+            fragment = None  # it waits for a child: whatever this run did after that is moot
         self._done([(row, fragment)])
 
     async def _execute_group(self, task: Task, rows: list[sql.ClaimedExecution], ctx: BatchContext) -> None:
@@ -407,7 +425,7 @@ class Worker:
         except asyncio.CancelledError:
             fragments = [f'{head}"released"}}' for head in heads]
             self.released += len(rows)
-        except Exception as exc:
+        except BaseException as exc:  # any other way out fails the group, and is reported
             error = _error_json(exc)
             fragments = [f'{head}"failed","error":{error}}}' for head in heads]
             self.failed += len(rows)
@@ -425,10 +443,17 @@ class Worker:
 
     def _done(self, outcomes: list[tuple[sql.ClaimedExecution, str | None]]) -> None:
         """Buffer the outcomes of one handler run (None: nothing to report) and free its slot."""
+        current = asyncio.current_task()
         for row, fragment in outcomes:
-            del self._running[(row.id, row.attempt)]
+            key = (row.id, row.attempt)
+            # A parent that waited for a child gets its attempt number back, so this worker
+            # may already run it again under the same key: leave that run's entry alone.
+            entry = self._running.get(key)
+            if entry is not None and entry[0] is current:
+                del self._running[key]
             if fragment is None:
-                self._unreported.discard(row.id)
+                if key not in self._running:
+                    self._unreported.discard(row.id)
                 continue
             self._buffer.append((row.id, fragment))
         self._active -= 1

@@ -5,6 +5,7 @@ cancellation cascades."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from pgconductor import (
     InvalidInput,
     Orchestrator,
     PgConductorError,
+    WorkerConfig,
     define_task,
 )
 from pgconductor.testing import advance_time, set_fake_time
@@ -498,3 +500,83 @@ async def test_drain_runs_children_in_other_queues(conductor: Conductor) -> None
     parent_id = await local_parent.invoke({})
     await drain(conductor)  # one drain: the workers of both queues run until all is done
     assert await conductor.wait_for(parent_id, timeout=1) == ["from kids", "from kids"]
+
+
+async def test_a_parent_resumed_while_its_previous_run_unwinds_keeps_its_slot(
+    conductor: Conductor, db: DB
+) -> None:
+    runs: list[int] = []
+
+    @conductor.task("quick-child")
+    async def quick_child(event: Any, ctx: Any) -> int:
+        return 7
+
+    @conductor.task("slow-cleanup")
+    def slow_cleanup(event: Any, ctx: Any) -> Any:
+        runs.append(ctx.attempt)
+        try:
+            return ctx.invoke_sync("call", "quick-child", {})
+        finally:
+            if len(runs) == 1:
+                time.sleep(0.5)  # cleanup while the child finishes and the parent is claimed again
+
+    parent_id = await slow_cleanup.invoke({})
+    orchestrator = Orchestrator.create(
+        conductor, default_worker=WorkerConfig(concurrency=4, poll_interval_ms=100)
+    )
+    await orchestrator.start()
+    try:
+        assert await conductor.wait_for(parent_id, timeout=10) == 7
+        for _ in range(100):
+            info = orchestrator.workers[0].info()
+            if info["active_runs"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await orchestrator.stop()
+    # Same attempt number for both runs (waiting is not an attempt), and no slot lost.
+    assert runs == [1, 1]
+    assert info["active_runs"] == 0 and info["running"] == 0 and info["waited"] == 1
+
+
+async def test_sleep_and_invoke_inside_a_task_group(conductor: Conductor, db: DB) -> None:
+    await set_fake_time(conductor, T0)
+
+    @conductor.task("grouped-child")
+    async def grouped_child(event: Any, ctx: Any) -> int:
+        return 3
+
+    @conductor.task("grouped")
+    async def grouped(event: Any, ctx: Any) -> Any:
+        async with asyncio.TaskGroup() as group:
+            nap = group.create_task(ctx.sleep("nap", timedelta(minutes=1)))
+        async with asyncio.TaskGroup() as group:
+            child = group.create_task(ctx.invoke("call", "grouped-child", {}))
+        return [nap.result(), child.result()]
+
+    execution_id = await grouped.invoke({})
+    await drain(conductor)
+    assert status_of(db, execution_id) == "waiting"
+    await advance_time(conductor, timedelta(minutes=1))
+    await drain(conductor)
+    assert await conductor.wait_for(execution_id) == [None, 3]
+
+
+async def test_step_names_with_nul_or_lone_surrogates_are_refused(conductor: Conductor) -> None:
+    problems: list[str] = []
+
+    @conductor.task("odd-names", max_attempts=1)
+    async def odd_names(event: Any, ctx: Any) -> None:
+        for name in ("a\x00b", "\udc80"):
+            try:
+                await ctx.step(name, lambda: 1)
+            except InvalidInput as exc:
+                problems.append(f"{exc.input}: {exc.problem.split(',')[0]}")
+
+    execution_id = await odd_names.invoke({})
+    await drain(conductor)
+    await conductor.wait_for(execution_id)
+    assert problems == [
+        "step name: must not contain NUL characters",
+        "step name: must be valid UTF-8 text (no lone surrogates)",
+    ]

@@ -103,4 +103,20 @@ select status from pgconductor._executions where id = :'lost';
 select status from pgconductor._executions where id = :'p2';
 select result ->> 'status' as status, result -> 'error' ->> 'type' as type
 from pgconductor._steps where execution_id = :'p2';
+-- a parent that sleeps (instead of asking again) after its child's timeout is not woken by
+-- the child's late outcome: only a parent waiting on that very step wakes
+select pgconductor.cancel(:'p2');
+select pgconductor.invoke('parent') as p3 \gset
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.invoke_child('00000000-0000-0000-0000-000000000001', :'p3', :attempt, 'late', 'child', '{}', 1000)
+    ->> 'child_id' as late \gset
+select pgconductor.set_fake_time('2030-01-01 00:03:00+00');
+select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'p3', 'attempt', :attempt, 'outcome', 'sleep', 'step', 'nap', 'seconds', 3600)));
+select attempt as child_attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'kids') \gset
+select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
+    'id', :'late', 'attempt', :child_attempt, 'outcome', 'completed', 'result', '1'::jsonb)));
+select status, run_at from pgconductor._executions where id = :'p3';
+select name, result ->> 'status' as status from pgconductor._steps where execution_id = :'p3' order by name;
 select pgconductor.clear_fake_time();
