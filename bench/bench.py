@@ -166,12 +166,8 @@ def bench_batch(dsn: str, count: int) -> None:
     )
 
 
-def bench_steps(dsn: str, count: int, env: dict[str, str]) -> None:
-    """Executions of ten durable steps each: steps/s, and the per-step overhead measured two
-    ways: the handlers' own mean time per step (one save round trip), and the extra wall
-    time per step compared with no-op executions in the same worker."""
-    plain = run_until_done(dsn, env, [("noop", count)])["noop"]
-    stepped = run_until_done(dsn, env, [("steps10", count)])["steps10"]
+def handler_step_ms(dsn: str) -> tuple[float, float]:
+    """Mean and p95 of the per-step time the steps10 handlers measured (their results)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "select avg((result ->> 'step_ms')::float8), percentile_cont(0.95) within group"
@@ -179,6 +175,16 @@ def bench_steps(dsn: str, count: int, env: dict[str, str]) -> None:
             " where task_name = 'steps10' and status = 'completed'"
         ).fetchone()
     assert row is not None
+    return row[0], row[1]
+
+
+def bench_steps(dsn: str, count: int, env: dict[str, str]) -> None:
+    """Executions of ten durable steps each: steps/s, and the per-step overhead measured two
+    ways: the handlers' own mean time per step (one save round trip), and the extra wall
+    time per step compared with no-op executions in the same worker."""
+    plain = run_until_done(dsn, env, [("noop", count)])["noop"]
+    stepped = run_until_done(dsn, env, [("steps10", count)])["steps10"]
+    row = handler_step_ms(dsn)
     steps = count * 10
     emit(
         "durable_steps",
@@ -195,13 +201,7 @@ def bench_steps(dsn: str, count: int, env: dict[str, str]) -> None:
     serial_env = {**env, "BENCH_CONCURRENCY": "1", "BENCH_FETCH": "1"}
     serial_count = max(1, count // 10)
     serial = run_until_done(dsn, serial_env, [("steps10", serial_count)])["steps10"]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "select avg((result ->> 'step_ms')::float8), percentile_cont(0.95) within group"
-            " (order by (result ->> 'step_ms')::float8) from pgconductor._executions"
-            " where task_name = 'steps10' and status = 'completed'"
-        ).fetchone()
-    assert row is not None
+    row = handler_step_ms(dsn)
     emit(
         "durable_steps_serial",
         {"executions": serial_count, "steps_per_execution": 10, "worker_processes": 1, **serial_env},
