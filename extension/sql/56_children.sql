@@ -93,6 +93,50 @@ $$;
 comment on function pgconductor.invoke_child(uuid, uuid, int, text, text, jsonb, bigint, text) is
     'Worker: start a child execution once per (parent, step) and make the parent wait for it (or return the settled outcome).';
 
+-- invoke_child for many parents in one call (the Python worker batches its handlers'
+-- children through it): p_items is [{"id", "attempt", "step", "task_name", "payload",
+-- "timeout_ms", "queue"}, ...]; returns invoke_child's answers in item order. Parents
+-- are handled in id order (the order _settle_children locks them). A bad item raises
+-- PGC01 naming it, and nothing is written.
+create function pgconductor.invoke_children(p_worker_id uuid, p_items jsonb)
+returns jsonb
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_item record;
+    v_answers jsonb[];
+begin
+    if p_items is null or pg_catalog.jsonb_typeof(p_items) <> 'array' then
+        perform pgconductor._invalid('items', 'must be a JSON array', p_items::text);
+    end if;
+    v_answers := pg_catalog.array_fill(null::jsonb, array[pg_catalog.jsonb_array_length(p_items)]);
+    for v_item in
+        select x.ord, x.v
+        from pg_catalog.jsonb_array_elements(p_items) with ordinality x(v, ord)
+        order by x.v ->> 'id', x.ord
+    loop
+        if pg_catalog.jsonb_typeof(v_item.v) <> 'object'
+           or (v_item.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+           or pg_catalog.jsonb_typeof(v_item.v -> 'attempt') is distinct from 'number'
+           or (v_item.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+           or pg_catalog.jsonb_typeof(v_item.v -> 'timeout_ms') not in ('number', 'null')
+           or (v_item.v ->> 'timeout_ms') !~ '^[0-9]{1,15}$' then
+            perform pgconductor._invalid(format('items[%s]', v_item.ord - 1),
+                'must be {"id": uuid, "attempt": int, "step", "task_name", "payload", "timeout_ms": int|null, "queue"}',
+                v_item.v::text);
+        end if;
+        v_answers[v_item.ord] := pgconductor.invoke_child(p_worker_id, (v_item.v ->> 'id')::uuid,
+            (v_item.v ->> 'attempt')::int, v_item.v ->> 'step', v_item.v ->> 'task_name',
+            coalesce(v_item.v -> 'payload', '{}'::jsonb), (v_item.v ->> 'timeout_ms')::bigint, v_item.v ->> 'queue');
+    end loop;
+    return pg_catalog.to_jsonb(v_answers);
+end;
+$$;
+comment on function pgconductor.invoke_children(uuid, jsonb) is
+    'Worker: invoke_child for many parents in one call; answers in item order.';
+
 -- Saves the outcomes of finished child executions as their parents' steps ({"child_id",
 -- "status", "result", "error"}; the first outcome of a step wins, so a timeout stays a
 -- timeout) and makes each parent that waits on such a step ready at once. p_children:

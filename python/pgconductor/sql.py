@@ -337,7 +337,7 @@ RELEASE_ORPHANS: LiteralString = "select pgconductor.release_orphans(%s, %s)"
 UNREGISTER_WORKER: LiteralString = "select pgconductor.unregister_worker(%s)"
 MAINTENANCE: LiteralString = "select pgconductor.maintenance(%s)"
 SAVE_STEPS: LiteralString = "select pgconductor.save_steps(%s, %s::jsonb)"
-INVOKE_CHILD: LiteralString = "select pgconductor.invoke_child(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
+INVOKE_CHILDREN: LiteralString = "select pgconductor.invoke_children(%s, %s::jsonb)"
 CHECKPOINT: LiteralString = "select pgconductor.checkpoint(%s, %s, %s)"
 
 
@@ -394,23 +394,9 @@ async def maintenance(conn: AsyncConn, chunk: int) -> dict[str, Any]:
     return result
 
 
-async def invoke_child(
-    conn: AsyncConn,
-    worker_id: UUID,
-    execution_id: UUID,
-    attempt: int,
-    step: str,
-    task_name: str,
-    payload_json: str,
-    timeout_ms: int | None,
-    queue: str | None,
-) -> dict[str, Any]:
-    answer: dict[str, Any] = await _one(
-        conn,
-        INVOKE_CHILD,
-        (worker_id, execution_id, attempt, step, task_name, payload_json, timeout_ms, queue),
-    )
-    return answer
+async def invoke_children(conn: AsyncConn, worker_id: UUID, items_json: str) -> list[dict[str, Any]]:
+    answers: list[dict[str, Any]] = await _one(conn, INVOKE_CHILDREN, (worker_id, items_json))
+    return answers
 
 
 async def checkpoint(conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from uuid import UUID
 import psycopg
 
 from . import sql
+from .batched import BatchedCall
 from .connection import DedicatedConnection
 from .context import BatchContext, SleepRequested, TaskContext, TaskEvent, WaitRequested
 from .errors import InvalidInput, InvalidResult, LeaseExpired, Released
-from .steps import StepWriter
 from .task import Task, TaskDefinition
 
 if TYPE_CHECKING:
@@ -164,7 +164,10 @@ class Worker:
         self, execution_id: UUID, attempt: int, name: str, result_json: str
     ) -> dict[str, Any]:
         """Save one step result (batched with the saves of other handlers: at most one round trip)."""
-        return await self._step_writer.save(execution_id, attempt, name, result_json)
+        name_json = json.dumps(name)
+        return await self._step_saves.submit(
+            f'{{"id":"{execution_id}","attempt":{attempt},"name":{name_json},"result":{result_json}}}'
+        )
 
     def child_definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]:
         """The definition of a child task (UnknownTask if the Conductor has a task list without it)."""
@@ -179,12 +182,17 @@ class Worker:
         payload_json: str,
         timeout_ms: int | None,
     ) -> dict[str, Any]:
-        """Start a child once per (execution, step) and make the execution wait (one round trip)."""
-        queue = self.conductor.known_queue(definition.name)
-        async with self.conductor.connection() as conn:
-            return await sql.invoke_child(
-                conn, self.id, execution_id, attempt, name, definition.name, payload_json, timeout_ms, queue
-            )
+        """Start a child once per (execution, step) and make the execution wait (batched with
+        the children other handlers start: at most one round trip)."""
+        item = {
+            "id": str(execution_id),
+            "attempt": attempt,
+            "step": name,
+            "task_name": definition.name,
+            "timeout_ms": timeout_ms,
+            "queue": self.conductor.known_queue(definition.name),
+        }
+        return await self._child_starts.submit(f'{json.dumps(item)[:-1]},"payload":{payload_json}}}')
 
     async def checkpoint(self, execution_id: UUID, attempt: int) -> dict[str, Any]:
         """Ask the database whether a held execution may go on (windowed tasks)."""
@@ -225,7 +233,12 @@ class Worker:
         self._closing = False  # a drained worker may be run again
         self._claim_conn = DedicatedConnection(self.conductor.dsn, "claim")
         self._flush_conn = DedicatedConnection(self.conductor.dsn, "flush")
-        self._step_writer = StepWriter(self.conductor.dsn, self.id)
+        # Step saves and child starts: one connection, each batched across handlers.
+        self._durable_conn = DedicatedConnection(self.conductor.dsn, "durable")
+        self._step_saves = BatchedCall(self._durable_conn, lambda c, items: sql.save_steps(c, self.id, items))
+        self._child_starts = BatchedCall(
+            self._durable_conn, lambda c, items: sql.invoke_children(c, self.id, items)
+        )
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._claim_loop(drain)
@@ -236,7 +249,9 @@ class Worker:
             await flusher
             await self._claim_conn.close()
             await self._flush_conn.close()
-            await self._step_writer.close()
+            await self._step_saves.wait_idle()
+            await self._child_starts.wait_idle()
+            await self._durable_conn.close()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
 

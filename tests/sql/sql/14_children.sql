@@ -119,4 +119,22 @@ select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_ar
     'id', :'late', 'attempt', :child_attempt, 'outcome', 'completed', 'result', '1'::jsonb)));
 select status, run_at from pgconductor._executions where id = :'p3';
 select name, result ->> 'status' as status from pgconductor._steps where execution_id = :'p3' order by name;
+-- invoke_children: many parents in one call, answers in item order; a bad item writes nothing
+select pgconductor.invoke('parent') as q1 \gset
+select pgconductor.invoke('parent') as q2 \gset
+select count(*) from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', null, 5);
+select a.ord, a.v - 'child_id' as answer, a.v ? 'child_id' as has_child_id
+from pg_catalog.jsonb_array_elements(pgconductor.invoke_children('00000000-0000-0000-0000-000000000001', jsonb_build_array(
+    jsonb_build_object('id', :'q1', 'attempt', 1, 'step', 'a', 'task_name', 'child', 'payload', '{"n": 1}'::jsonb),
+    jsonb_build_object('id', :'q2', 'attempt', 1, 'step', 'b', 'task_name', 'child', 'timeout_ms', null),
+    jsonb_build_object('id', :'q2', 'attempt', 9, 'step', 'c', 'task_name', 'child')))) with ordinality a(v, ord);
+select e.task_name, e.status, x.parent_step, x.payload
+from pgconductor._executions e join pgconductor._executions x on x.parent_id = e.id
+where e.id in (:'q1', :'q2') order by x.parent_step;
+select pgconductor.invoke_children('00000000-0000-0000-0000-000000000001', jsonb_build_array(
+    jsonb_build_object('id', :'q1', 'attempt', 1, 'step', 'z', 'task_name', 'child'),
+    jsonb_build_object('id', 'nope', 'attempt', 1, 'step', 'z', 'task_name', 'child')));
+select pgconductor.invoke_children('00000000-0000-0000-0000-000000000001', '{}');
+select pgconductor.invoke_children('00000000-0000-0000-0000-000000000001', '[]');
+select count(*) as children_named_z from pgconductor._executions where parent_step = 'z';
 select pgconductor.clear_fake_time();

@@ -1,24 +1,28 @@
-"""Saving step results for many handlers at once.
+"""Durable calls of many handlers, batched.
 
-Handlers of one worker save their steps through one StepWriter: a save that arrives while
-another call is in flight waits for it and goes out with the others in the next
-`pgconductor.save_steps` call. An idle writer sends a save at once (one round trip); under
-load, many saves share one round trip.
+A handler's step save or child start must be committed before the handler goes on, so it
+waits for its call. The calls of all handlers of a worker go through a BatchedCall per SQL
+function: a call that arrives while another is in flight waits for it and goes out with
+the others in the next call of the many-item function (`pgconductor.save_steps`,
+`pgconductor.invoke_children`). An idle worker sends each call at once (one round trip);
+under load, many calls share one round trip. The worker's BatchedCalls share one
+dedicated connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
-from . import sql
 from .connection import DedicatedConnection
 from .errors import PgConductorError
+
+AsyncConn = psycopg.AsyncConnection[Any]
+ManyCall = Callable[[AsyncConn, str], Awaitable[list[dict[str, Any]]]]
 
 logger = logging.getLogger("pgconductor.worker")
 MAX_BATCH = 500
@@ -48,19 +52,19 @@ def _connection_lost(exc: psycopg.OperationalError, conn: DedicatedConnection) -
     return state is None or state[:2] in ("08", "40", "57") or conn.closed
 
 
-class StepWriter:
-    """Writes step results on its own connection, batching the saves that queue up."""
+class BatchedCall:
+    """Sends JSON items through one many-item SQL function, batching those that queue up;
+    each submitter gets the answer for its own item."""
 
-    def __init__(self, dsn: str, worker_id: UUID) -> None:
-        self._conn = DedicatedConnection(dsn, "steps")
-        self._worker_id = worker_id
+    def __init__(self, conn: DedicatedConnection, call: ManyCall) -> None:
+        self._conn = conn
+        self._call = call  # (connection, JSON array text) -> one answer per item, in order
         self._queue: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def save(self, execution_id: UUID, attempt: int, name: str, result_json: str) -> dict[str, Any]:
-        """Save one step; returns {"held", "result", "cancel_reason"} (see pgconductor.save_steps)."""
-        name_json = json.dumps(name)
-        item = f'{{"id":"{execution_id}","attempt":{attempt},"name":{name_json},"result":{result_json}}}'
+    async def submit(self, item: str) -> dict[str, Any]:
+        """Send one item (JSON object text) and return its answer; raises what the database
+        raised for it (translated), after the batch was retried item by item."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._writer is None or self._writer.done():
@@ -68,7 +72,7 @@ class StepWriter:
         return await future
 
     def _next_batch(self) -> list[tuple[str, asyncio.Future[dict[str, Any]]]]:
-        """The queued saves that go out together: at most MAX_BATCH, and MAX_BATCH_BYTES of
+        """The queued items that go out together: at most MAX_BATCH, and MAX_BATCH_BYTES of
         JSON (Postgres limits one jsonb value), but always at least one."""
         size = 0
         count = 0
@@ -81,15 +85,15 @@ class StepWriter:
         return batch
 
     async def _write_queued(self) -> None:
-        # No await between the emptiness check and returning: a save that finds this task
-        # done has its item written by the next task it starts.
+        # No await between the emptiness check and returning: a submit that finds this task
+        # done has its item sent by the next task it starts.
         while self._queue:
             batch = self._next_batch()
             try:
                 try:
                     answers = await self._write([item for item, _ in batch])
                 except (PgConductorError, psycopg.Error):
-                    # Refused as a whole: write one by one, so one bad item fails only its saver.
+                    # Refused as a whole: send one by one, so one bad item fails only its submitter.
                     for item, future in batch:
                         try:
                             (answer,) = await self._write([item])
@@ -101,20 +105,21 @@ class StepWriter:
                 for (_, future), answer in zip(batch, answers, strict=True):
                     _settle(future, answer)
             except BaseException as exc:
-                # Whatever happened, no saver may wait forever.
+                # Whatever happened, no submitter may wait forever.
                 for _, future in batch:
                     _settle(future, exc=exc)
                 if not isinstance(exc, Exception):
                     raise
 
     async def _write(self, items: list[str]) -> list[dict[str, Any]]:
-        """One save_steps call, retried after a lost connection (a save is idempotent).
-        An error the server raises (a refusal, a limit) is not retried."""
+        """One call, retried after a lost connection (the functions are idempotent: a step
+        is saved once, a child created once per step). An error the server raises (a
+        refusal, a limit) is not retried."""
         payload = "[" + ",".join(items) + "]"
         while True:
             try:
                 conn = await self._conn.get()
-                answers = await sql.save_steps(conn, self._worker_id, payload)
+                answers = await self._call(conn, payload)
             except psycopg.OperationalError as exc:
                 if not _connection_lost(exc, self._conn):
                     raise
@@ -123,7 +128,7 @@ class StepWriter:
             self._conn.succeeded()
             return answers
 
-    async def close(self) -> None:
+    async def wait_idle(self) -> None:
+        """Return once every submitted item has its answer."""
         if self._writer is not None and not self._writer.done():
             await asyncio.wait([self._writer])
-        await self._conn.close()
