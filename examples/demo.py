@@ -4,7 +4,8 @@
 
 Creates the database `pgconductor_demo` afresh, installs the extension, starts a
 worker, enqueues work the ways users do (single, bulk, deduplicated, prioritized,
-inside a transaction, failing, cancelled) and prints what happened.
+inside a transaction, failing, cancelled, durable steps with a child task and a sleep)
+and prints what happened.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class WelcomeOut(BaseModel):
 
 
 send_welcome = define_task("send-welcome", payload=WelcomeIn, returns=WelcomeOut)
+CHECKOUT_CALLS = {"runs": 0, "reserve": 0}  # how often the durable checkout handler and its step ran
 
 
 def fresh_database(server: str, name: str) -> None:
@@ -72,6 +74,26 @@ async def main(server: str) -> None:
     async def index_docs(events, ctx):  # type: ignore[no-untyped-def]
         ctx.logger.info("indexing %d documents in one call", len(events))
         return [{"indexed": e.payload["doc"], "group_size": len(events)} for e in events]
+
+    # Durable execution: steps run once, a child runs while the parent frees its worker,
+    # a durable sleep frees it again; every resume starts from the top with saved steps.
+
+    @conductor.task("charge-card")
+    async def charge_card(event, ctx):  # type: ignore[no-untyped-def]
+        return {"charged": event.payload["cents"], "receipt": f"r-{ctx.execution_id.hex[:6]}"}
+
+    @conductor.task("checkout")
+    async def checkout(event, ctx):  # type: ignore[no-untyped-def]
+        CHECKOUT_CALLS["runs"] += 1
+
+        def reserve() -> dict[str, int]:
+            CHECKOUT_CALLS["reserve"] += 1
+            return {"reserved": event.payload["items"]}
+
+        reserved = await ctx.step("reserve", reserve)
+        payment = await ctx.invoke("pay", "charge-card", {"cents": 1999}, timeout_ms=10_000)
+        await ctx.sleep("cool-off", 300)  # 300 ms here; days work the same way
+        return {**reserved, **payment}
 
     async with conductor:
         print("installed pgconductor", await conductor.ensure_installed())
@@ -146,6 +168,11 @@ async def run_examples(conductor: Conductor) -> None:
     (debounced,) = burst
     info = await conductor.wait_for(debounced, timeout=10)
     print("debounce -> 5 calls, 1 execution:", len(burst) == 1, info)
+
+    # Durable execution (see checkout above).
+    order = await conductor.invoke("checkout", {"items": 3})
+    print("durable checkout ->", await conductor.wait_for(order, timeout=10), end=" ")
+    print(f"(handler runs: {CHECKOUT_CALLS['runs']}, reserve step ran: {CHECKOUT_CALLS['reserve']} time)")
 
     # Cancel before it runs.
     future = await conductor.invoke("nightly-report", run_at=datetime.now(UTC) + timedelta(hours=1))
