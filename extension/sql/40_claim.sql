@@ -138,7 +138,7 @@ begin
 
     -- Waiting executions whose time has come (sleep over, child timeout, window open) are
     -- ready again.
-    update pgconductor._executions e set status = 'pending'
+    update pgconductor._executions e set status = 'pending', wait_step = null
     where e.id = any (array(
         select w.id from pgconductor._executions w
         where w.status = 'waiting' and w.queue = p_queue and w.run_at <= v_now
@@ -161,7 +161,7 @@ begin
     -- scan past them); this claim leaves them out.
     if pg_catalog.cardinality(v_closed) > 0 then
         update pgconductor._executions e
-        set status = 'waiting',
+        set status = 'waiting', wait_step = null,
             run_at = pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now)
         from pgconductor._tasks t
         where t.name = e.task_name

@@ -220,6 +220,7 @@ declare
     v_found boolean;
     v_answer boolean;
     v_pass int := 0;
+    v_tries int;
 begin
     if cancel.execution_id is null then
         perform pgconductor._invalid('execution_id', 'must not be null', null);
@@ -232,20 +233,35 @@ begin
     -- invoke_child after that sees its parent cancelled and creates nothing).
     loop
         v_pass := v_pass + 1;
-        select pg_catalog.array_agg(t.id),
-               pg_catalog.count(*) filter (where t.ended),
-               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', t.id, 'parent_id', t.parent_id, 'step', t.parent_step, 'status', 'cancelled',
-                   'result', null, 'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
-                   filter (where t.ended and t.parent_id is not null),
-               coalesce(pg_catalog.bool_or(t.id = cancel.execution_id), false)
-        into v_ids, v_ended, v_children, v_found
-        from pgconductor._cancel_tree(v_roots, v_reason, v_now) t;
+        -- A pass locks deepest first, but a pass after the first locks children of rows it
+        -- already holds, and a concurrent invoke_children or report may hold those rows
+        -- and wait for ours: on a deadlock the pass is undone and tried again.
+        v_tries := 0;
+        loop
+            begin
+                select pg_catalog.array_agg(t.id),
+                       pg_catalog.count(*) filter (where t.ended),
+                       pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                           'id', t.id, 'parent_id', t.parent_id, 'step', t.parent_step, 'status', 'cancelled',
+                           'result', null,
+                           'error', pg_catalog.jsonb_build_object('type', 'Cancelled', 'message', v_reason)))
+                           filter (where t.ended and t.parent_id is not null),
+                       coalesce(pg_catalog.bool_or(t.id = cancel.execution_id), false)
+                into v_ids, v_ended, v_children, v_found
+                from pgconductor._cancel_tree(v_roots, v_reason, v_now) t;
+                if v_children is not null then
+                    perform pgconductor._settle_children(v_children);
+                end if;
+                exit;
+            exception when deadlock_detected then
+                v_tries := v_tries + 1;
+                if v_tries >= 5 then
+                    raise;
+                end if;
+            end;
+        end loop;
         if v_pass = 1 then
             v_answer := v_found;  -- the answer is about the execution itself, in the first pass
-        end if;
-        if v_children is not null then
-            perform pgconductor._settle_children(v_children);
         end if;
         if v_ended > 0 then
             perform pg_catalog.pg_notify('pgconductor.finished', '');

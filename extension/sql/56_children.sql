@@ -105,28 +105,33 @@ volatile
 set search_path = ''
 as $$
 declare
+    v_bad record;
     v_item record;
     v_answers jsonb[];
 begin
     if p_items is null or pg_catalog.jsonb_typeof(p_items) <> 'array' then
         perform pgconductor._invalid('items', 'must be a JSON array', p_items::text);
     end if;
+    select x.ord, x.v into v_bad
+    from pg_catalog.jsonb_array_elements(p_items) with ordinality x(v, ord)
+    where pg_catalog.jsonb_typeof(x.v) <> 'object'
+       or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+       or pg_catalog.jsonb_typeof(x.v -> 'attempt') is distinct from 'number'
+       or (x.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+       or pg_catalog.jsonb_typeof(x.v -> 'timeout_ms') not in ('number', 'null')
+       or (x.v ->> 'timeout_ms') !~ '^[0-9]{1,15}$'
+    order by x.ord limit 1;
+    if found then
+        perform pgconductor._invalid(format('items[%s]', v_bad.ord - 1),
+            'must be {"id": uuid, "attempt": int, "step", "task_name", "payload", "timeout_ms": int|null, "queue"}',
+            v_bad.v::text);
+    end if;
     v_answers := pg_catalog.array_fill(null::jsonb, array[pg_catalog.jsonb_array_length(p_items)]);
     for v_item in
         select x.ord, x.v
         from pg_catalog.jsonb_array_elements(p_items) with ordinality x(v, ord)
-        order by x.v ->> 'id', x.ord
+        order by (x.v ->> 'id')::uuid, x.ord
     loop
-        if pg_catalog.jsonb_typeof(v_item.v) <> 'object'
-           or (v_item.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-           or pg_catalog.jsonb_typeof(v_item.v -> 'attempt') is distinct from 'number'
-           or (v_item.v ->> 'attempt') !~ '^[0-9]{1,9}$'
-           or pg_catalog.jsonb_typeof(v_item.v -> 'timeout_ms') not in ('number', 'null')
-           or (v_item.v ->> 'timeout_ms') !~ '^[0-9]{1,15}$' then
-            perform pgconductor._invalid(format('items[%s]', v_item.ord - 1),
-                'must be {"id": uuid, "attempt": int, "step", "task_name", "payload", "timeout_ms": int|null, "queue"}',
-                v_item.v::text);
-        end if;
         v_answers[v_item.ord] := pgconductor.invoke_child(p_worker_id, (v_item.v ->> 'id')::uuid,
             (v_item.v ->> 'attempt')::int, v_item.v ->> 'step', v_item.v ->> 'task_name',
             coalesce(v_item.v -> 'payload', '{}'::jsonb), (v_item.v ->> 'timeout_ms')::bigint, v_item.v ->> 'queue');

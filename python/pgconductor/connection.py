@@ -23,6 +23,7 @@ class DedicatedConnection:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._backoff = BACKOFF_START_S
         self.lost = False
+        self._connecting = asyncio.Lock()  # two callers never open two connections
 
     @property
     def closed(self) -> bool:
@@ -30,9 +31,10 @@ class DedicatedConnection:
         return self._conn is None or self._conn.closed
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        return self._conn
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            return self._conn
 
     async def failed(self, exc: BaseException) -> None:
         """Forget the connection and wait before the next try."""

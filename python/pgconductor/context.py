@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pydantic
 
+from .batched import OutcomeUnknown
 from .errors import (
     Cancelled,
     ChildFailed,
@@ -306,9 +307,16 @@ class TaskContext:
         self._check()
         if name not in self._steps:
             payload_json = to_json(definition.dump_payload({} if payload is None else payload))
-            answer = await store.invoke_child(
-                self.execution_id, self.attempt, name, definition, payload_json, timeout_ms
-            )
+            try:
+                answer = await store.invoke_child(
+                    self.execution_id, self.attempt, name, definition, payload_json, timeout_ms
+                )
+            except OutcomeUnknown:
+                # The child may exist and this execution wait for it, or not: end this run
+                # and report nothing. If nothing was committed, the heartbeat hands the
+                # execution back (not held by any run here), and a later run starts the child.
+                self._handed_back = True
+                raise WaitRequested(name) from None
             if not answer["held"]:
                 self._lease_lost = True
                 raise LeaseExpired(f"execution {self.execution_id} is no longer held by this worker")

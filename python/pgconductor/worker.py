@@ -120,7 +120,9 @@ class Worker:
         # Every running execution -> its handler run (a batch group's members share one).
         self._running: dict[RunningKey, tuple[asyncio.Task[None], TaskContext | BatchContext, bool]] = {}
         self._active = 0  # handler runs in progress: what `concurrency` limits
-        self._unreported: set[UUID] = set()
+        # Handler runs claimed and not yet reported, per execution: a parent that waited for a
+        # child may be claimed again while its previous run still unwinds (so, a count).
+        self._unreported: dict[UUID, int] = {}
         self._buffer: list[tuple[UUID, str]] = []
         self._kick = asyncio.Event()
         self._flush_wake = asyncio.Event()
@@ -230,14 +232,23 @@ class Worker:
     async def run(self, drain: bool = False) -> None:
         """Claim and run until stopped (or, with drain, until nothing is ready); then let
         handlers finish within the grace period, release the rest and flush everything."""
-        self._closing = False  # a drained worker may be run again
+        # A drained worker may be run again (Orchestrator.drain runs rounds): fresh run state.
+        self._closing = False
+        self._idle = False
+        self._kick.clear()
         self._claim_conn = DedicatedConnection(self.conductor.dsn, "claim")
         self._flush_conn = DedicatedConnection(self.conductor.dsn, "flush")
-        # Step saves and child starts: one connection, each batched across handlers.
-        self._durable_conn = DedicatedConnection(self.conductor.dsn, "durable")
-        self._step_saves = BatchedCall(self._durable_conn, lambda c, items: sql.save_steps(c, self.id, items))
+        # Step saves and child starts, each batched across handlers on its own connection.
+        self._step_saves = BatchedCall(
+            DedicatedConnection(self.conductor.dsn, "steps"),
+            lambda c, items: sql.save_steps(c, self.id, items),
+        )
+        # A child start whose connection was lost may have committed (the parent waits)
+        # or not: it is not sent again (see BatchedCall).
         self._child_starts = BatchedCall(
-            self._durable_conn, lambda c, items: sql.invoke_children(c, self.id, items)
+            DedicatedConnection(self.conductor.dsn, "children"),
+            lambda c, items: sql.invoke_children(c, self.id, items),
+            resend_after_loss=False,
         )
         flusher = asyncio.create_task(self._flush_loop())
         try:
@@ -249,11 +260,11 @@ class Worker:
             await flusher
             await self._claim_conn.close()
             await self._flush_conn.close()
-            await self._step_saves.wait_idle()
-            await self._child_starts.wait_idle()
-            await self._durable_conn.close()
+            await self._step_saves.close()
+            await self._child_starts.close()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
 
     async def _claim_loop(self, drain: bool) -> None:
         concurrency = self.config.concurrency
@@ -329,7 +340,7 @@ class Worker:
         groups: dict[tuple[str, int], list[sql.ClaimedExecution]] = {}
         runs = 0
         for row in rows:
-            self._unreported.add(row.id)
+            self._unreported[row.id] = self._unreported.get(row.id, 0) + 1
             if row.batch_group is not None:
                 groups.setdefault((row.task_name, row.batch_group), []).append(row)
                 continue
@@ -467,8 +478,7 @@ class Worker:
             if entry is not None and entry[0] is current:
                 del self._running[key]
             if fragment is None:
-                if key not in self._running:
-                    self._unreported.discard(row.id)
+                self._unhold(row.id)
                 continue
             self._buffer.append((row.id, fragment))
         self._active -= 1
@@ -481,6 +491,14 @@ class Worker:
             self._flush_wake.set()
         if not self._idle or not self._active:
             self._kick.set()
+
+    def _unhold(self, execution_id: UUID) -> None:
+        """One run of the execution is over and reported (or has nothing to report)."""
+        left = self._unreported.get(execution_id, 0) - 1
+        if left > 0:
+            self._unreported[execution_id] = left
+        else:
+            self._unreported.pop(execution_id, None)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -542,7 +560,7 @@ class Worker:
             for item in batch:
                 await self._write_one(item)
         for execution_id, _ in batch:
-            self._unreported.discard(execution_id)
+            self._unhold(execution_id)
         # Finished executions of limited tasks may have freed slots: look again if idle.
         if self._limited and self._idle:
             self._kick.set()

@@ -580,3 +580,78 @@ async def test_step_names_with_nul_or_lone_surrogates_are_refused(conductor: Con
         "step name: must not contain NUL characters",
         "step name: must be valid UTF-8 text (no lone surrogates)",
     ]
+
+
+async def test_a_child_start_cut_off_by_a_lost_connection_is_not_sent_twice(
+    conductor: Conductor, db: DB
+) -> None:
+    go = asyncio.Event()
+    runs: list[int] = []
+
+    @conductor.task("kid-after-loss")
+    async def kid_after_loss(event: Any, ctx: Any) -> str:
+        return "kid done"
+
+    @conductor.task("boss-after-loss")
+    async def boss_after_loss(event: Any, ctx: Any) -> Any:
+        runs.append(ctx.attempt)
+        await go.wait()
+        return await ctx.invoke("call", "kid-after-loss", {})
+
+    parent_id = await boss_after_loss.invoke({})
+    orchestrator = Orchestrator.create(conductor, default_worker=WorkerConfig(poll_interval_ms=100))
+    await orchestrator.start()
+    try:
+        for _ in range(200):
+            if runs:
+                break
+            await asyncio.sleep(0.01)
+        # Hold the parent's row so that the child start blocks, then cut its connection.
+        with psycopg.connect(db.info.dsn) as locker:
+            locker.execute("select 1 from pgconductor._executions where id = %s for update", (parent_id,))
+            go.set()
+            pid = None
+            for _ in range(200):
+                row = db.execute(
+                    "select pid from pg_stat_activity where query like '%%invoke_children%%'"
+                    " and state = 'active' and pid <> pg_backend_pid()"
+                ).fetchone()
+                if row:
+                    pid = row[0]
+                    break
+                await asyncio.sleep(0.01)
+            assert pid is not None
+            db.execute("select pg_terminate_backend(%s)", (pid,))
+            locker.rollback()
+        await asyncio.sleep(0.3)
+        # Nothing was committed: the run ended without a report and the worker no longer
+        # holds the execution, so the heartbeat's reconciliation hands it back.
+        assert db.execute(
+            "select count(*) from pgconductor._executions where parent_id = %s", (parent_id,)
+        ).fetchone() == (0,)
+        worker_id = orchestrator.workers[0].id
+        db.execute("select pgconductor.heartbeat(%s, array[]::uuid[], interval '0')", (worker_id,))
+        assert await conductor.wait_for(parent_id, timeout=10) == "kid done"
+    finally:
+        go.set()
+        await orchestrator.stop()
+    children = db.execute(
+        "select count(*) from pgconductor._executions where parent_id = %s", (parent_id,)
+    ).fetchone()
+    assert children == (1,)
+    info = await conductor.get_execution(parent_id)
+    assert info is not None and info.attempts == 1 and runs == [1, 1, 1]
+
+
+async def test_drain_rounds_run_plain_def_parents_again(conductor: Conductor) -> None:
+    @conductor.task("far-child", queue="far")
+    async def far_child(event: Any, ctx: Any) -> int:
+        return 9
+
+    @conductor.task("sync-near-parent")
+    def sync_near_parent(event: Any, ctx: Any) -> Any:
+        return ctx.invoke_sync("far", "far-child", {}) + 1
+
+    parent_id = await sync_near_parent.invoke({})
+    await drain(conductor)
+    assert await conductor.wait_for(parent_id, timeout=1) == 10
