@@ -5,8 +5,8 @@ waits for its call. The calls of all handlers of a worker go through a BatchedCa
 function: a call that arrives while another is in flight waits for it and goes out with
 the others in the next call of the many-item function (`pgconductor.save_steps`,
 `pgconductor.invoke_children`). An idle worker sends each call at once (one round trip);
-under load, many calls share one round trip. The worker's BatchedCalls share one
-dedicated connection.
+under load, many calls share one round trip. Each BatchedCall has a dedicated connection
+of its own, so at most one call of it is in flight.
 """
 
 from __future__ import annotations
