@@ -47,6 +47,10 @@ create table pgconductor._executions (
     result jsonb,
     error jsonb,
     attempts int not null default 0,
+    -- Claims so far: the current run's token. Unlike attempts it never goes back (a sleep,
+    -- a wait or a release hands the attempt back), so a late message of an earlier run
+    -- can never pass for the current one.
+    claims int not null default 0,
     max_attempts int,  -- null: the task's registered max_attempts (else 3), read when it matters
     priority int not null default 0,
     run_at timestamptz not null,

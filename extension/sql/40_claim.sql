@@ -4,7 +4,8 @@
 -- the queue, of p_task_name if given, else of p_task_names (null: any) except p_exclude;
 -- in the order priority desc, run_at, insertion order; rows locked by another claim are
 -- skipped. Each becomes running (one attempt counted) and comes back with its stored
--- steps; with p_batch_size, rows are numbered into groups of that size (batch_group).
+-- steps and its run token (run: the claim count, which reports and step saves quote);
+-- with p_batch_size, rows are numbered into groups of that size (batch_group).
 create function pgconductor._claim_rows(
     p_worker_id uuid,
     p_queue text,
@@ -23,7 +24,8 @@ returns table (
     max_attempts int,
     event_name text,
     steps jsonb,
-    batch_group int
+    batch_group int,
+    run int
 )
 language plpgsql
 volatile
@@ -46,11 +48,12 @@ begin
         for update skip locked
     ), claimed as (
         update pgconductor._executions e
-        set status = 'running', attempts = e.attempts + 1, started_at = p_now, worker_id = p_worker_id
+        set status = 'running', attempts = e.attempts + 1, claims = e.claims + 1, started_at = p_now,
+            worker_id = p_worker_id
         from picked
         where e.id = picked.id
         returning e.id, e.task_name, e.payload, e.attempts, e.max_attempts, e.event_name,
-                  e.priority, e.run_at, e.seq
+                  e.priority, e.run_at, e.seq, e.claims
     )
     select c.id, c.task_name, c.payload, c.attempts,
            pgconductor._max_attempts(c.task_name, c.max_attempts),
@@ -59,7 +62,8 @@ begin
             from pgconductor._steps s where s.execution_id = c.id),
            case when p_batch_size is not null then
                ((pg_catalog.row_number() over (order by c.priority desc, c.run_at, c.seq) - 1) / p_batch_size)::int
-           end
+           end,
+           c.claims
     from claimed c
     order by c.priority desc, c.run_at, c.seq;
 end;
@@ -94,7 +98,8 @@ returns table (
     max_attempts int,
     event_name text,
     steps jsonb,
-    batch_group int
+    batch_group int,
+    run int
 )
 language plpgsql
 volatile

@@ -1,7 +1,8 @@
 -- pgconductor: results, retries, releases and cancellation.
 
 -- Applies a worker's buffered outcomes in one statement. p_reports is a JSON array of
--- {"id", "attempt", "outcome": "completed"|"failed"|"released", "result", "error"}.
+-- {"id", "run", "outcome": "completed"|"failed"|"released"|"sleep", "result", "error"}, where
+-- run is the token the claim returned.
 --   completed: stores result; deleted at once when the task's remove_on_complete is 0.
 --   failed:    pending again after 15 s, 30 s, 60 s, 60 s... while attempts < max_attempts,
 --              else failed; error kept. A requested cancel turns it into cancelled.
@@ -10,7 +11,7 @@
 --   sleep:     waiting until now + "seconds", the attempt not counted, the sleep saved as the
 --              step "step" (the resumed run passes it); cancelled if requested.
 -- A finished child's outcome is saved as its parent's step, waking the parent.
--- Reports for executions this worker no longer holds (lease recovered, other attempt)
+-- Reports for executions this worker no longer holds (lease recovered, another run)
 -- are ignored. Returns how many reports were applied.
 create function pgconductor.report(p_worker_id uuid, p_reports jsonb)
 returns int
@@ -40,18 +41,18 @@ begin
                and (e.v ->> 'seconds')::numeric <= 3153600000, false)
        or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
        or (e.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(e.v -> 'attempt') is distinct from 'number'
-       or (e.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+       or pg_catalog.jsonb_typeof(e.v -> 'run') is distinct from 'number'
+       or (e.v ->> 'run') !~ '^[0-9]{1,9}$'
     order by e.ord limit 1;
     if found then
         perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),
-            'must be {"id", "attempt", "outcome": completed|failed|released|sleep, ...}', v_bad.v::text);
+            'must be {"id", "run", "outcome": completed|failed|released|sleep, ...}', v_bad.v::text);
     end if;
 
     with r as (
-        select x.id, x.attempt, x.outcome, x.result, x.error, x.step, x.seconds
+        select x.id, x.run, x.outcome, x.result, x.error, x.step, x.seconds
         from pg_catalog.jsonb_to_recordset(p_reports)
-            as x(id uuid, attempt int, outcome text, result jsonb, error jsonb, step text, seconds numeric)
+            as x(id uuid, run int, outcome text, result jsonb, error jsonb, step text, seconds numeric)
     ), cur as (
         select e.id, e.queue, e.parent_id, e.parent_step, r.result, r.error, r.step, r.seconds,
                case
@@ -78,7 +79,7 @@ begin
         from r
         join pgconductor._executions e on e.id = r.id
         left join pgconductor._tasks t on t.name = e.task_name
-        where e.status = 'running' and e.worker_id = p_worker_id and e.attempts = r.attempt
+        where e.status = 'running' and e.worker_id = p_worker_id and e.claims = r.run
         for update of e
     ), slept as (
         -- A sleep is saved as the step of its name, so the resumed run passes it at once.

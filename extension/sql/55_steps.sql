@@ -1,7 +1,7 @@
 -- pgconductor: durable steps.
 
--- Saves step results of running executions held by this worker (each at its attempt), many
--- in one call: p_steps is [{"id", "attempt", "name", "result"}, ...]. The first save of a
+-- Saves step results of running executions held by this worker (each in the run the claim
+-- gave it), many in one call: p_steps is [{"id", "run", "name", "result"}, ...]. The first save of a
 -- name wins: a reused name keeps its first result. Returns, in item order,
 -- [{"held": bool, "result": <the stored result>, "cancel_reason": text}, ...]: held false
 -- means the execution is no longer this worker's (nothing saved); a cancel_reason means
@@ -25,23 +25,23 @@ begin
        or pg_catalog.jsonb_typeof(x.v -> 'name') is distinct from 'string'
        or pg_catalog.btrim(x.v ->> 'name') = '' or pg_catalog.octet_length(x.v ->> 'name') > 200
        or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(x.v -> 'attempt') is distinct from 'number'
-       or (x.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+       or pg_catalog.jsonb_typeof(x.v -> 'run') is distinct from 'number'
+       or (x.v ->> 'run') !~ '^[0-9]{1,9}$'
     order by x.ord limit 1;
     if found then
         perform pgconductor._invalid(format('steps[%s]', v_bad.ord - 1),
-            'must be {"id": uuid, "attempt": int, "name": 1..200 bytes, "result": json}', v_bad.v::text);
+            'must be {"id": uuid, "run": int, "name": 1..200 bytes, "result": json}', v_bad.v::text);
     end if;
 
     with s as (
-        select x.ord, (x.v ->> 'id')::uuid as id, (x.v ->> 'attempt')::int as attempt, x.v ->> 'name' as name,
+        select x.ord, (x.v ->> 'id')::uuid as id, (x.v ->> 'run')::int as run, x.v ->> 'name' as name,
                coalesce(x.v -> 'result', 'null'::jsonb) as result
         from pg_catalog.jsonb_array_elements(p_steps) with ordinality x(v, ord)
     ), held as (
         select s.ord, s.id, s.name, s.result, e.cancel_reason
         from s
         join pgconductor._executions e on e.id = s.id
-        where e.status = 'running' and e.worker_id = p_worker_id and e.attempts = s.attempt
+        where e.status = 'running' and e.worker_id = p_worker_id and e.claims = s.run
     ), saved as (
         insert into pgconductor._steps (execution_id, name, result, created_at)
         select h.id, h.name, h.result, pgconductor.now() from held h
@@ -67,7 +67,7 @@ comment on function pgconductor.save_steps(uuid, jsonb) is
 create function pgconductor.save_step(
     p_worker_id uuid,
     p_execution_id uuid,
-    p_attempt int,
+    p_run int,
     p_name text,
     p_result jsonb
 )
@@ -79,17 +79,17 @@ as $$
 begin
     perform pgconductor._check_name('name', p_name, 200);
     return pgconductor.save_steps(p_worker_id, pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'id', p_execution_id, 'attempt', p_attempt, 'name', p_name, 'result', coalesce(p_result, 'null'::jsonb)))) -> 0;
+        'id', p_execution_id, 'run', p_run, 'name', p_name, 'result', coalesce(p_result, 'null'::jsonb)))) -> 0;
 end;
 $$;
 comment on function pgconductor.save_step(uuid, uuid, int, text, jsonb) is
     'Worker: save one step result of a held running execution (first save of a name wins); reports cancellation.';
 
--- Tells a running execution held by this worker (this attempt) whether it may go on:
+-- Tells a running execution held by this worker (in this run) whether it may go on:
 -- {"held": bool, "cancel_reason": text, "window_opens_at": timestamptz}. A window_opens_at
 -- means its task's window is closed now: the worker should release it (report outcome
 -- released), and it then waits until that instant. Writes nothing.
-create function pgconductor.checkpoint(p_worker_id uuid, p_execution_id uuid, p_attempt int)
+create function pgconductor.checkpoint(p_worker_id uuid, p_execution_id uuid, p_run int)
 returns jsonb
 language plpgsql
 stable
@@ -104,7 +104,7 @@ begin
     from pgconductor._executions e
     left join pgconductor._tasks t on t.name = e.task_name
     where e.id = p_execution_id and e.status = 'running' and e.worker_id = p_worker_id
-      and e.attempts = p_attempt;
+      and e.claims = p_run;
     if not found then
         return pg_catalog.jsonb_build_object('held', false, 'cancel_reason', null, 'window_opens_at', null);
     end if;

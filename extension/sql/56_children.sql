@@ -13,7 +13,7 @@
 create function pgconductor.invoke_child(
     p_worker_id uuid,
     p_execution_id uuid,
-    p_attempt int,
+    p_run int,
     p_step text,
     p_task_name text,
     p_payload jsonb default '{}',
@@ -44,7 +44,7 @@ begin
     select e.cancel_reason, e.priority into v_parent
     from pgconductor._executions e
     where e.id = p_execution_id and e.status = 'running' and e.worker_id = p_worker_id
-      and e.attempts = p_attempt
+      and e.claims = p_run
     for update;
     if not found then
         return pg_catalog.jsonb_build_object('held', false);
@@ -94,7 +94,7 @@ comment on function pgconductor.invoke_child(uuid, uuid, int, text, text, jsonb,
     'Worker: start a child execution once per (parent, step) and make the parent wait for it (or return the settled outcome).';
 
 -- invoke_child for many parents in one call (the Python worker batches its handlers'
--- children through it): p_items is [{"id", "attempt", "step", "task_name", "payload",
+-- children through it): p_items is [{"id", "run", "step", "task_name", "payload",
 -- "timeout_ms", "queue"}, ...]; returns invoke_child's answers in item order. Parents
 -- are handled in id order (the order _settle_children locks them). A bad item raises
 -- PGC01 naming it, and nothing is written.
@@ -116,14 +116,14 @@ begin
     from pg_catalog.jsonb_array_elements(p_items) with ordinality x(v, ord)
     where pg_catalog.jsonb_typeof(x.v) <> 'object'
        or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(x.v -> 'attempt') is distinct from 'number'
-       or (x.v ->> 'attempt') !~ '^[0-9]{1,9}$'
+       or pg_catalog.jsonb_typeof(x.v -> 'run') is distinct from 'number'
+       or (x.v ->> 'run') !~ '^[0-9]{1,9}$'
        or pg_catalog.jsonb_typeof(x.v -> 'timeout_ms') not in ('number', 'null')
        or (x.v ->> 'timeout_ms') !~ '^[0-9]{1,15}$'
     order by x.ord limit 1;
     if found then
         perform pgconductor._invalid(format('items[%s]', v_bad.ord - 1),
-            'must be {"id": uuid, "attempt": int, "step", "task_name", "payload", "timeout_ms": int|null, "queue"}',
+            'must be {"id": uuid, "run": int, "step", "task_name", "payload", "timeout_ms": int|null, "queue"}',
             v_bad.v::text);
     end if;
     v_answers := pg_catalog.array_fill(null::jsonb, array[pg_catalog.jsonb_array_length(p_items)]);
@@ -133,7 +133,7 @@ begin
         order by (x.v ->> 'id')::uuid, x.ord
     loop
         v_answers[v_item.ord] := pgconductor.invoke_child(p_worker_id, (v_item.v ->> 'id')::uuid,
-            (v_item.v ->> 'attempt')::int, v_item.v ->> 'step', v_item.v ->> 'task_name',
+            (v_item.v ->> 'run')::int, v_item.v ->> 'step', v_item.v ->> 'task_name',
             coalesce(v_item.v -> 'payload', '{}'::jsonb), (v_item.v ->> 'timeout_ms')::bigint, v_item.v ->> 'queue');
     end loop;
     return pg_catalog.to_jsonb(v_answers);

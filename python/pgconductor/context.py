@@ -102,7 +102,7 @@ class StepStore(Protocol):
     def stopping(self) -> bool: ...
 
     async def save_step(
-        self, execution_id: UUID, attempt: int, name: str, result_json: str
+        self, execution_id: UUID, run: int, name: str, result_json: str
     ) -> dict[str, Any]: ...
 
     def child_definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]: ...
@@ -110,14 +110,14 @@ class StepStore(Protocol):
     async def invoke_child(
         self,
         execution_id: UUID,
-        attempt: int,
+        run: int,
         name: str,
         definition: TaskDefinition[Any],
         payload_json: str,
         timeout_ms: int | None,
     ) -> dict[str, Any]: ...
 
-    async def checkpoint(self, execution_id: UUID, attempt: int) -> dict[str, Any]: ...
+    async def checkpoint(self, execution_id: UUID, run: int) -> dict[str, Any]: ...
 
 
 class TaskContext:
@@ -130,6 +130,7 @@ class TaskContext:
         "_lease_lost",
         "_logger",
         "_loop",
+        "_run_token",
         "_steps",
         "_store",
         "_values",
@@ -149,10 +150,12 @@ class TaskContext:
         steps: dict[str, Any] | None = None,
         store: StepStore | None = None,
         windowed: bool = False,
+        run: int | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.task_name = task_name
         self.attempt = attempt
+        self._run_token = attempt if run is None else run  # the claim's run token, quoted to the database
         self.signal = AbortSignal()
         self._values = values
         self._steps: dict[str, Any] = dict(steps or {})
@@ -206,7 +209,7 @@ class TaskContext:
         (one round trip); raises WindowClosed when the window has closed."""
         if not self._windowed:
             return
-        answer = await self._store_or_fail("checkpoint").checkpoint(self.execution_id, self.attempt)
+        answer = await self._store_or_fail("checkpoint").checkpoint(self.execution_id, self._run_token)
         if not answer["held"]:
             self._lease_lost = True
             raise LeaseExpired(f"execution {self.execution_id} is no longer held by this worker")
@@ -276,7 +279,7 @@ class TaskContext:
             text = to_json(result)
         except (TypeError, ValueError) as exc:
             raise InvalidResult(f"step {name!r} returned a value that is not valid JSON: {exc}") from exc
-        saved = await self._store_or_fail("step").save_step(self.execution_id, self.attempt, name, text)
+        saved = await self._store_or_fail("step").save_step(self.execution_id, self._run_token, name, text)
         if not saved["held"]:
             self._lease_lost = True
             raise LeaseExpired(f"execution {self.execution_id} is no longer held by this worker")
@@ -309,7 +312,7 @@ class TaskContext:
             payload_json = to_json(definition.dump_payload({} if payload is None else payload))
             try:
                 answer = await store.invoke_child(
-                    self.execution_id, self.attempt, name, definition, payload_json, timeout_ms
+                    self.execution_id, self._run_token, name, definition, payload_json, timeout_ms
                 )
             except OutcomeUnknown:
                 # The child may exist and this execution wait for it, or not: end this run

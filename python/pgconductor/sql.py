@@ -36,6 +36,7 @@ class ClaimedExecution:
     event_name: str
     steps: dict[str, Any] | None
     batch_group: int | None
+    run: int  # the run token: reports, step saves and child starts quote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +400,8 @@ async def invoke_children(conn: AsyncConn, worker_id: UUID, items_json: str) -> 
     return answers
 
 
-async def checkpoint(conn: AsyncConn, worker_id: UUID, execution_id: UUID, attempt: int) -> dict[str, Any]:
-    answer: dict[str, Any] = await _one(conn, CHECKPOINT, (worker_id, execution_id, attempt))
+async def checkpoint(conn: AsyncConn, worker_id: UUID, execution_id: UUID, run: int) -> dict[str, Any]:
+    answer: dict[str, Any] = await _one(conn, CHECKPOINT, (worker_id, execution_id, run))
     return answer
 
 

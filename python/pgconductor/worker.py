@@ -86,7 +86,7 @@ def _control_flow(exc: BaseException) -> BaseException:
     return exc
 
 
-RunningKey = tuple[UUID, int]  # (execution id, attempt): one execution may be re-claimed
+RunningKey = tuple[UUID, int]  # (execution id, run): one execution may be claimed again
 
 
 class Worker:
@@ -162,13 +162,11 @@ class Worker:
         """True once the worker stops claiming: steps and checkpoints release executions."""
         return self._stopping
 
-    async def save_step(
-        self, execution_id: UUID, attempt: int, name: str, result_json: str
-    ) -> dict[str, Any]:
+    async def save_step(self, execution_id: UUID, run: int, name: str, result_json: str) -> dict[str, Any]:
         """Save one step result (batched with the saves of other handlers: at most one round trip)."""
         name_json = json.dumps(name)
         return await self._step_saves.submit(
-            f'{{"id":"{execution_id}","attempt":{attempt},"name":{name_json},"result":{result_json}}}'
+            f'{{"id":"{execution_id}","run":{run},"name":{name_json},"result":{result_json}}}'
         )
 
     def child_definition(self, task: str | TaskDefinition[Any]) -> TaskDefinition[Any]:
@@ -178,7 +176,7 @@ class Worker:
     async def invoke_child(
         self,
         execution_id: UUID,
-        attempt: int,
+        run: int,
         name: str,
         definition: TaskDefinition[Any],
         payload_json: str,
@@ -188,7 +186,7 @@ class Worker:
         the children other handlers start: at most one round trip)."""
         item = {
             "id": str(execution_id),
-            "attempt": attempt,
+            "run": run,
             "step": name,
             "task_name": definition.name,
             "timeout_ms": timeout_ms,
@@ -196,10 +194,10 @@ class Worker:
         }
         return await self._child_starts.submit(f'{json.dumps(item)[:-1]},"payload":{payload_json}}}')
 
-    async def checkpoint(self, execution_id: UUID, attempt: int) -> dict[str, Any]:
+    async def checkpoint(self, execution_id: UUID, run: int) -> dict[str, Any]:
         """Ask the database whether a held execution may go on (windowed tasks)."""
         async with self.conductor.connection() as conn:
-            return await sql.checkpoint(conn, self.id, execution_id, attempt)
+            return await sql.checkpoint(conn, self.id, execution_id, run)
 
     def held(self) -> list[UUID]:
         """Every execution this worker runs or has yet to report (for the heartbeat)."""
@@ -353,23 +351,24 @@ class Worker:
                 row.steps,
                 self,
                 task.window is not None,
+                run=row.run,
             )
             run = asyncio.create_task(self._execute(task, row, ctx))
-            self._running[(row.id, row.attempt)] = (run, ctx, task.is_async)
+            self._running[(row.id, row.run)] = (run, ctx, task.is_async)
             runs += 1
         for (task_name, _), members in groups.items():
             task = self.tasks[task_name]
             batch_ctx = BatchContext(task_name, [(r.id, r.attempt) for r in members])
             run = asyncio.create_task(self._execute_group(task, members, batch_ctx))
             for row in members:
-                self._running[(row.id, row.attempt)] = (run, batch_ctx, task.is_async)
+                self._running[(row.id, row.run)] = (run, batch_ctx, task.is_async)
             runs += 1
         self._active += runs
         return runs
 
     async def _execute(self, task: Task, row: sql.ClaimedExecution, ctx: TaskContext) -> None:
         started = time.monotonic()
-        head = f'{{"id":"{row.id}","attempt":{row.attempt},"outcome":'
+        head = f'{{"id":"{row.id}","run":{row.run},"outcome":'
         fragment: str | None
         try:
             event = TaskEvent(row.event_name, task.definition.parse_payload(row.payload))
@@ -425,7 +424,7 @@ class Worker:
         """Run a batch handler on a group: one result per event (or None); an exception, or
         a result of the wrong length, fails every execution of the group."""
         started = time.monotonic()
-        heads = [f'{{"id":"{row.id}","attempt":{row.attempt},"outcome":' for row in rows]
+        heads = [f'{{"id":"{row.id}","run":{row.run},"outcome":' for row in rows]
         try:
             events = [TaskEvent(row.event_name, task.definition.parse_payload(row.payload)) for row in rows]
             if task.is_async:
@@ -471,9 +470,8 @@ class Worker:
         """Buffer the outcomes of one handler run (None: nothing to report) and free its slot."""
         current = asyncio.current_task()
         for row, fragment in outcomes:
-            key = (row.id, row.attempt)
-            # A parent that waited for a child gets its attempt number back, so this worker
-            # may already run it again under the same key: leave that run's entry alone.
+            key = (row.id, row.run)
+            # Only this run's own entry (defensive: runs of one execution have their own keys).
             entry = self._running.get(key)
             if entry is not None and entry[0] is current:
                 del self._running[key]
@@ -584,11 +582,11 @@ class Worker:
             return
         except psycopg.Error as exc:
             refused = exc
-        attempt = json.loads(item[1])["attempt"]
+        run = json.loads(item[1])["run"]
         fallback = json.dumps(
             {
                 "id": str(item[0]),
-                "attempt": attempt,
+                "run": run,
                 "outcome": "failed",
                 "error": {"type": "ReportRefused", "message": f"the database refused the outcome: {refused}"},
             }

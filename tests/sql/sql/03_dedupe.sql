@@ -62,7 +62,7 @@ select count(*) as rows from pgconductor._executions where dedupe_key = 'run';
 
 ---------------------------------------------------------------- completed
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'run_id'::uuid, 'attempt', 1, 'outcome', 'completed'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'run_id'::uuid, 'run', 1, 'outcome', 'completed'))) as applied;
 -- the successor is still pending, so a call replaces it ...
 select pgconductor.invoke('sync', '{"v": 4}', dedupe_key => 'run') = :'next_id' as still_successor;
 
@@ -72,7 +72,7 @@ truncate pgconductor._executions cascade;
 select pgconductor.invoke('sync', '{"v": 1}', dedupe_key => 'done') as done_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default');
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'done_id'::uuid, 'attempt', 1, 'outcome', 'completed',
+    jsonb_build_array(jsonb_build_object('id', :'done_id'::uuid, 'run', 1, 'outcome', 'completed',
                                          'result', '{"ok": true}'::jsonb))) as applied;
 select pgconductor.invoke('sync', '{"v": 2}', dedupe_key => 'done') = :'done_id' as existing_id;
 select status, payload, result from pgconductor.executions where dedupe_key = 'done';
@@ -84,7 +84,7 @@ select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
 select pgconductor.invoke('once', '{"v": 1}', dedupe_key => 'f') as failed_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array['once']);
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'failed_id'::uuid, 'attempt', 1, 'outcome', 'failed',
+    jsonb_build_array(jsonb_build_object('id', :'failed_id'::uuid, 'run', 1, 'outcome', 'failed',
                                          'error', '{"type": "ValueError", "message": "boom"}'::jsonb))) as applied;
 select status from pgconductor.executions where id = :'failed_id';
 -- a failed execution with the key: its id comes back, nothing is queued

@@ -45,15 +45,15 @@ select pgconductor.cancel('00000000-0000-0000-0000-0000000000ff') as cancelled;
 ---------------------------------------------------------------- finished
 -- a completed execution cannot be cancelled: false, still completed
 select pgconductor.invoke('job', '{"n": 4}') as id \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'completed'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'run', :run, 'outcome', 'completed'))) as applied;
 select pgconductor.cancel(:'id') as cancelled;
 select status, cancel_reason is null as no_reason from pgconductor.executions where id = :'id';
 
 ---------------------------------------------------------------- running, then failed
 select pgconductor.invoke('job', '{"n": 5}') as id \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 -- a heartbeat without cancel requests returns an empty list
 select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001') as to_cancel;
 -- cancelling a running execution returns true ...
@@ -72,7 +72,7 @@ select pgconductor.heartbeat('00000000-0000-0000-0000-000000000002') as to_cance
 -- the handler raises Cancelled and the worker reports 'failed': cancelled, not retried,
 -- the attempt counted, the error names the cancel reason
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'failed',
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'run', :run, 'outcome', 'failed',
                                          'error', '{"type": "Cancelled", "message": "from worker"}'::jsonb))) as applied;
 select status, attempts, error, worker_id, finished_at = pgconductor.now() as finished_now,
        expires_at - finished_at as kept_for
@@ -85,11 +85,11 @@ select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001') as to_cance
 
 ---------------------------------------------------------------- running, then released
 select pgconductor.invoke('job', '{"n": 6}') as id \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 select pgconductor.cancel(:'id', 'stop it') as cancelled;
 -- a release (e.g. at a checkpoint) of a flagged execution ends it cancelled, not pending
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'released'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'run', :run, 'outcome', 'released'))) as applied;
 select status, attempts, error, finished_at is not null as finished
 from pgconductor.executions where id = :'id';
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default');
@@ -97,10 +97,10 @@ select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-00000
 ---------------------------------------------------------------- running, then completed
 -- a handler that completes before noticing the cancel ends completed with its result
 select pgconductor.invoke('job', '{"n": 7}') as id \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 select pgconductor.cancel(:'id') as cancelled;
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'completed',
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'run', :run, 'outcome', 'completed',
                                          'result', '"done"'::jsonb))) as applied;
 select status, result, cancel_reason from pgconductor.executions where id = :'id';
 

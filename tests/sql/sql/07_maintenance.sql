@@ -22,7 +22,7 @@ select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
     '[{"name": "job"}, {"name": "last", "max_attempts": 1}]', p_lease_seconds => 60);
 select lease from pgconductor._workers where id = '00000000-0000-0000-0000-000000000001';
 select pgconductor.invoke('job', '{"n": 1}') as id \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
 
 -- exactly at the end of the lease the worker still counts as alive
 select pgconductor.set_fake_time('2026-01-01 00:01:00+00');
@@ -41,7 +41,7 @@ select count(*) as workers from pgconductor._workers;
 select pgconductor.heartbeat('00000000-0000-0000-0000-000000000001') is null as must_register;
 -- ... and its late report is ignored
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'attempt', :attempt, 'outcome', 'completed'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'id'::uuid, 'run', :run, 'outcome', 'completed'))) as applied;
 -- the next claim is attempt 2
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
     '[{"name": "job"}, {"name": "last", "max_attempts": 1}]', p_lease_seconds => 60);
@@ -120,9 +120,9 @@ select pgconductor.invoke('day', '{"k": "day failed"}') as f_id \gset
 select pgconductor.invoke('defaults', '{"k": "defaults completed"}') as d_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', p_limit => 10);
 select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(
-    jsonb_build_object('id', :'c_id'::uuid, 'attempt', 1, 'outcome', 'completed'),
-    jsonb_build_object('id', :'f_id'::uuid, 'attempt', 1, 'outcome', 'failed', 'error', '{"message": "x"}'::jsonb),
-    jsonb_build_object('id', :'d_id'::uuid, 'attempt', 1, 'outcome', 'completed'))) as applied;
+    jsonb_build_object('id', :'c_id'::uuid, 'run', 1, 'outcome', 'completed'),
+    jsonb_build_object('id', :'f_id'::uuid, 'run', 1, 'outcome', 'failed', 'error', '{"message": "x"}'::jsonb),
+    jsonb_build_object('id', :'d_id'::uuid, 'run', 1, 'outcome', 'completed'))) as applied;
 -- a step of the completed one (deleted with it)
 insert into pgconductor._steps (execution_id, name, result, created_at)
 values (:'c_id', 'one', '1', pgconductor.now());

@@ -165,11 +165,11 @@ select pg_temp.written() = :'before' as nothing_written;
 select * from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', null)$$);
 select * from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '{}')$$);
 select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[1]')$$);
-select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"attempt": 1, "outcome": "completed"}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"run": 1, "outcome": "completed"}]')$$);
 select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "outcome": "completed"}]')$$);
 select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": "1", "outcome": "completed"}]')$$);
-select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1}]')$$);
-select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "outcome": "succeeded"}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "run": 1}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report('00000000-0000-0000-0000-000000000001', '[{"id": "00000000-0000-0000-0000-000000000009", "run": 1, "outcome": "succeeded"}]')$$);
 
 ---------------------------------------------------------------- cancel, maintenance, clock
 select * from pg_temp.error_of($$select pgconductor.cancel(null)$$);
@@ -182,8 +182,8 @@ select pg_temp.written() = :'before' as nothing_written;
 -- register_worker: one task declared twice
 select code, message from pg_temp.error_of($$select pgconductor.register_worker(gen_random_uuid(), 'w', '[{"name": "a"}, {"name": "a"}]')$$);
 -- report: an id that is not a uuid, a fractional attempt
-select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "nope", "attempt": 1, "outcome": "completed"}]')$$);
-select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "00000000-0000-0000-0000-000000000009", "attempt": 1.5, "outcome": "completed"}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "nope", "run": 1, "outcome": "completed"}]')$$);
+select code, message from pg_temp.error_of($$select pgconductor.report(gen_random_uuid(), '[{"id": "00000000-0000-0000-0000-000000000009", "run": 1.5, "outcome": "completed"}]')$$);
 -- claim: limit must be positive
 select code, message from pg_temp.error_of($$select * from pgconductor.claim(gen_random_uuid(), 'default', null, null)$$);
 -- claim: an unknown worker (or one whose lease expired) must register first (PGC03)

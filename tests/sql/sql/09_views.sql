@@ -59,14 +59,14 @@ select pgconductor.invoke('mail', '{"n": 3}', priority => 10) as running_id \gse
 select pgconductor.invoke('mail', '{"n": 4}', priority => 9) as done_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'emails', p_limit => 2);
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'done_id'::uuid, 'attempt', 1, 'outcome', 'completed'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'done_id'::uuid, 'run', 1, 'outcome', 'completed'))) as applied;
 select pgconductor.set_fake_time('2026-01-01 00:00:30+00');
 select pgconductor.invoke('mail', '{"n": 5}') is not null as ok;
 -- report (queue default): one failed, one cancelled, one pending
 select pgconductor.invoke('report', '{"n": 6}') as failed_id \gset
 select count(*) as claimed from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default');
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'failed_id'::uuid, 'attempt', 1, 'outcome', 'failed'))) as applied;
+    jsonb_build_array(jsonb_build_object('id', :'failed_id'::uuid, 'run', 1, 'outcome', 'failed'))) as applied;
 select pgconductor.cancel(pgconductor.invoke('report', '{"n": 7}')) as cancelled;
 select pgconductor.invoke('report', '{"n": 8}') is not null as ok;
 -- an unregistered task in its own queue

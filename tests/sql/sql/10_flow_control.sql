@@ -74,9 +74,9 @@ select count(pgconductor.register_worker('00000000-0000-0000-0000-000000000001',
 select pgconductor.set_fake_time('2030-01-01 03:00:00+00');
 select pgconductor.invoke('r', '{"n": 1}', debounce_seconds => 5) as r1 \gset
 select pgconductor.set_fake_time('2030-01-01 03:00:05+00');
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array['r'], 1) \gset
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array['r'], 1) \gset
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'r1'::uuid, 'attempt', :attempt, 'outcome', 'failed',
+    jsonb_build_array(jsonb_build_object('id', :'r1'::uuid, 'run', :run, 'outcome', 'failed',
                                          'error', '{"message": "x"}'::jsonb)));
 select pgconductor.invoke('r', '{"n": 2}', debounce_seconds => 5) <> :'r1' as new_burst;
 select payload, attempts, run_at from pgconductor.executions where task_name = 'r' order by created_at;

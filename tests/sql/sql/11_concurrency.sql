@@ -22,14 +22,14 @@ group by task_name order by task_name;
 select count(*) as limited_claimed from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default', array['limited'], 10);
 -- a completed report frees one slot
 select pgconductor.report('00000000-0000-0000-0000-000000000001', (
-    select jsonb_agg(jsonb_build_object('id', id, 'attempt', attempts, 'outcome', 'completed'))
-    from (select id, attempts from pgconductor._executions where task_name = 'limited' and status = 'running' limit 1) r));
+    select jsonb_agg(jsonb_build_object('id', id, 'run', claims, 'outcome', 'completed'))
+    from (select id, claims from pgconductor._executions where task_name = 'limited' and status = 'running' limit 1) r));
 select count(*) as limited_claimed from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default', array['limited'], 10);
 -- a cancel of a running one frees a slot when its worker hands it back (release report)
 select pgconductor.cancel(id) from pgconductor._executions
 where task_name = 'limited' and status = 'running' and worker_id = '00000000-0000-0000-0000-000000000002';
 select pgconductor.report('00000000-0000-0000-0000-000000000002', (
-    select jsonb_agg(jsonb_build_object('id', id, 'attempt', attempts, 'outcome', 'released'))
+    select jsonb_agg(jsonb_build_object('id', id, 'run', claims, 'outcome', 'released'))
     from pgconductor._executions where status = 'running' and worker_id = '00000000-0000-0000-0000-000000000002'));
 select count(*) as limited_claimed from pgconductor.claim('00000000-0000-0000-0000-000000000002', 'default', array['limited'], 10);
 -- lease recovery frees the slots of a dead worker

@@ -32,7 +32,7 @@ from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default', array[
 group by task_name, batch_group;
 -- each execution of a group is reported on its own (results per execution)
 select pgconductor.report('00000000-0000-0000-0000-000000000001', (
-    select jsonb_agg(jsonb_build_object('id', id, 'attempt', attempts, 'outcome', 'completed',
+    select jsonb_agg(jsonb_build_object('id', id, 'run', claims, 'outcome', 'completed',
                                         'result', jsonb_build_object('n', payload -> 'n')))
     from pgconductor._executions where task_name = 'rows' and status = 'running'));
 select status, count(*), bool_and(result -> 'n' = payload -> 'n') as own_results

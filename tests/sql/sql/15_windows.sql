@@ -53,13 +53,13 @@ order by payload::text;
 
 -- checkpoint: open window, then closed (with the next opening), then a release waits for it
 select pgconductor.invoke('office') as late \gset
-select attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
-select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :attempt);
+select attempt, run from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'default') \gset
+select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :run);
 select pgconductor.set_fake_time('2030-01-01 17:30+00');
-select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :attempt);
-select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :attempt + 1);
+select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :run);
+select pgconductor.checkpoint('00000000-0000-0000-0000-000000000001', :'late', :run + 1);
 select pgconductor.report('00000000-0000-0000-0000-000000000001',
-    jsonb_build_array(jsonb_build_object('id', :'late', 'attempt', :attempt, 'outcome', 'released')));
+    jsonb_build_array(jsonb_build_object('id', :'late', 'run', :run, 'outcome', 'released')));
 select status, run_at, attempts from pgconductor._executions where id = :'late';
 -- the night window (22:00-06:00 Berlin = 21:00-05:00 UTC) opens at 21:00 UTC
 select pgconductor.set_fake_time('2030-01-01 21:00+00');
