@@ -42,7 +42,9 @@ begin
        or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
        or (e.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
        or pg_catalog.jsonb_typeof(e.v -> 'run') is distinct from 'number'
-       or (e.v ->> 'run') !~ '^[0-9]{1,9}$'
+       or (e.v ->> 'run') !~ '^[0-9]{1,10}$'
+       or case when (e.v ->> 'run') ~ '^[0-9]{1,10}$'
+               then (e.v ->> 'run')::bigint not between 1 and 2147483647 end
     order by e.ord limit 1;
     if found then
         perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),

@@ -155,6 +155,10 @@ class TaskContext:
         self.execution_id = execution_id
         self.task_name = task_name
         self.attempt = attempt
+        if store is not None and run is None:
+            # The attempt number repeats after a sleep, a wait or a release: quoting it
+            # could let a later run's state pass for this one's.
+            raise PgConductorError("a TaskContext with a worker needs the claim's run token (run=)")
         self._run_token = attempt if run is None else run  # the claim's run token, quoted to the database
         self.signal = AbortSignal()
         self._values = values

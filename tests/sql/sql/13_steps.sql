@@ -40,6 +40,9 @@ select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', jsonb_buil
 select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', jsonb_build_array(
     jsonb_build_object('id', :'id2', 'run', :run2, 'name', 'c'),
     jsonb_build_object('id', :'id2', 'run', :run2, 'name', '')));
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', '[{"run": 1, "name": "no id"}]');
+select pgconductor.save_steps('00000000-0000-0000-0000-000000000002',
+    jsonb_build_array(jsonb_build_object('id', :'id2', 'run', 2147483648, 'name', 'too far')));
 select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', '{}');
 select name, result from pgconductor._steps where execution_id = :'id2' order by name;
 select pgconductor.save_steps('00000000-0000-0000-0000-000000000002', '[]');
