@@ -7,7 +7,9 @@
 --   {"held": true, "cancel_reason": ...}  the parent's cancellation was requested;
 --   {"held": true, "outcome": {...}}      the step is settled: {"child_id", "status":
 --                                         completed|failed|cancelled|timeout, "result", "error"};
---   {"held": true, "waiting": true, "child_id": ...}  the parent now waits (not an attempt).
+--   {"held": true, "waiting": true, "child_id": ...}  the parent now waits (not an attempt);
+--                                         also the answer to the same call sent again after
+--                                         its answer was lost (so the call is idempotent).
 -- The child gets the parent's priority, and p_queue, else its task's registered queue,
 -- else 'default'. Bad input raises PGC01 and writes nothing.
 create function pgconductor.invoke_child(
@@ -47,6 +49,15 @@ begin
       and e.claims = p_run
     for update;
     if not found then
+        -- The same call again (its answer was lost with a connection): this run already
+        -- started the child and handed the execution back (no claim since: same token).
+        select c.id into v_child_id
+        from pgconductor._executions e
+        join pgconductor._executions c on c.parent_id = e.id and c.parent_step = p_step
+        where e.id = p_execution_id and e.claims = p_run and e.status in ('waiting', 'pending');
+        if found then
+            return pg_catalog.jsonb_build_object('held', true, 'waiting', true, 'child_id', v_child_id);
+        end if;
         return pg_catalog.jsonb_build_object('held', false);
     end if;
     if v_parent.cancel_reason is not null then

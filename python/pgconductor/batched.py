@@ -52,28 +52,23 @@ def _connection_lost(exc: psycopg.OperationalError, conn: DedicatedConnection) -
     return state is None or state[:2] in ("08", "40", "57") or conn.closed
 
 
-class OutcomeUnknown(PgConductorError):
-    """The connection was lost while a call was in flight: it may have committed or not."""
-
-
 class BatchedCall:
     """Sends JSON items through one many-item SQL function, batching those that queue up;
     each submitter gets the answer for its own item."""
 
-    def __init__(self, conn: DedicatedConnection, call: ManyCall, resend_after_loss: bool = True) -> None:
+    def __init__(self, conn: DedicatedConnection, call: ManyCall) -> None:
         self._conn = conn  # used by this BatchedCall only: one call in flight at a time
-        self._call = call  # (connection, JSON array text) -> one answer per item, in order
-        # After a lost connection the call may or may not have committed: send it again only
-        # when that is harmless (a step is saved once); else OutcomeUnknown for its items.
-        self._resend_after_loss = resend_after_loss
+        # (connection, JSON array text) -> one answer per item, in order. The function must
+        # answer a call sent again after a lost connection as it did the first time (a step
+        # is saved once; a child start answers "waiting" again for the same run).
+        self._call = call
         self._queue: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
     async def submit(self, item: str) -> dict[str, Any]:
         """Send one item (JSON object text) and return its answer; raises what the database
-        raised for it (translated), after the batch was retried item by item, and
-        OutcomeUnknown when the connection was lost and the call is not sent again."""
+        raised for it (translated), after the batch was retried item by item."""
         if self._closed:
             raise PgConductorError("the worker has stopped: nothing more is sent")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -103,16 +98,12 @@ class BatchedCall:
             try:
                 try:
                     answers = await self._write([item for item, _ in batch])
-                except OutcomeUnknown as exc:
-                    for _, future in batch:
-                        _settle(future, exc=exc)
-                    continue
                 except (PgConductorError, psycopg.Error):
                     # Refused as a whole: send one by one, so one bad item fails only its submitter.
                     for item, future in batch:
                         try:
                             (answer,) = await self._write([item])
-                        except (OutcomeUnknown, PgConductorError, psycopg.Error) as exc:
+                        except (PgConductorError, psycopg.Error) as exc:
                             _settle(future, exc=exc)
                         else:
                             _settle(future, answer)
@@ -127,9 +118,8 @@ class BatchedCall:
                     raise
 
     async def _write(self, items: list[str]) -> list[dict[str, Any]]:
-        """One call, retried after a lost connection (the functions are idempotent: a step
-        is saved once, a child created once per step). An error the server raises (a
-        refusal, a limit) is not retried."""
+        """One call, sent again after a lost connection (the functions are idempotent per
+        run). An error the server raises (a refusal, a limit) is not retried."""
         payload = "[" + ",".join(items) + "]"
         while True:
             try:
@@ -144,8 +134,6 @@ class BatchedCall:
                 if not _connection_lost(exc, self._conn):
                     raise
                 await self._conn.failed(exc)
-                if not self._resend_after_loss:
-                    raise OutcomeUnknown(f"the connection was lost during a call: {exc}") from exc
                 continue
             self._conn.succeeded()
             return answers

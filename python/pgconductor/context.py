@@ -13,7 +13,6 @@ from uuid import UUID
 
 import pydantic
 
-from .batched import OutcomeUnknown
 from .errors import (
     Cancelled,
     ChildFailed,
@@ -314,16 +313,9 @@ class TaskContext:
         self._check()
         if name not in self._steps:
             payload_json = to_json(definition.dump_payload({} if payload is None else payload))
-            try:
-                answer = await store.invoke_child(
-                    self.execution_id, self._run_token, name, definition, payload_json, timeout_ms
-                )
-            except OutcomeUnknown:
-                # The child may exist and this execution wait for it, or not: end this run
-                # and report nothing. If nothing was committed, the heartbeat hands the
-                # execution back (not held by any run here), and a later run starts the child.
-                self._handed_back = True
-                raise WaitRequested(name) from None
+            answer = await store.invoke_child(
+                self.execution_id, self._run_token, name, definition, payload_json, timeout_ms
+            )
             if not answer["held"]:
                 self._lease_lost = True
                 raise LeaseExpired(f"execution {self.execution_id} is no longer held by this worker")

@@ -241,12 +241,11 @@ class Worker:
             DedicatedConnection(self.conductor.dsn, "steps"),
             lambda c, items: sql.save_steps(c, self.id, items),
         )
-        # A child start whose connection was lost may have committed (the parent waits)
-        # or not: it is not sent again (see BatchedCall).
+        # A child start is idempotent per run (sent again after a lost answer, it answers
+        # "waiting" once more), so it is sent again after a lost connection.
         self._child_starts = BatchedCall(
             DedicatedConnection(self.conductor.dsn, "children"),
             lambda c, items: sql.invoke_children(c, self.id, items),
-            resend_after_loss=False,
         )
         flusher = asyncio.create_task(self._flush_loop())
         try:

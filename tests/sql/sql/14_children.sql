@@ -24,8 +24,12 @@ select task_name, queue, status, priority, parent_id = :'parent' as of_parent, p
 from pgconductor._executions where id = :'child';
 select status, attempts, worker_id, run_at from pgconductor._executions where id = :'parent';
 select run_at is null as waits_without_deadline from pgconductor.executions where id = :'parent';
--- the parent no longer belongs to the worker: nothing more is created
-select pgconductor.invoke_child('00000000-0000-0000-0000-000000000001', :'parent', :run, 'call', 'child');
+-- the same call again (its answer lost with a connection) answers the same, and creates nothing
+select (r ->> 'child_id') = :'child' as same_child, r - 'child_id' as answer
+from pgconductor.invoke_child('00000000-0000-0000-0000-000000000001', :'parent', :run, 'call', 'child') r;
+-- a call quoting another run is refused: nothing more is created
+select pgconductor.invoke_child('00000000-0000-0000-0000-000000000001', :'parent', :run + 1, 'call', 'child');
+select pgconductor.invoke_child('00000000-0000-0000-0000-000000000001', :'parent', :run, 'other', 'child');
 -- the child completes: its result becomes the parent's step and the parent is ready
 select run as child_attempt from pgconductor.claim('00000000-0000-0000-0000-000000000001', 'kids') \gset
 select pgconductor.report('00000000-0000-0000-0000-000000000001', jsonb_build_array(jsonb_build_object(
