@@ -110,3 +110,22 @@ as $$
     select 7450000000 + (pg_catalog.hashtextextended(
         p_task_name || chr(31) || p_queue || chr(31) || p_dedupe_key, 0) & 1023)
 $$;
+
+-- True when a worker's JSON item names a run: a uuid string "id" and a "run" integer from 1
+-- to 2147483647 (the token claim returned). Used by report, save_steps and invoke_children.
+-- No `set search_path`: with one, Postgres would not inline it, and calling it per item
+-- costs a 1,000-item report 7.5 ms instead of 3.5 ms (measured). Every name is schema-
+-- qualified or a pg_catalog operator, which Postgres searches first anyway.
+create function pgconductor._is_run_ref(p_item jsonb)
+returns boolean
+language sql
+immutable
+as $$
+    select coalesce(
+        pg_catalog.jsonb_typeof(p_item -> 'id') = 'string'
+        and (p_item ->> 'id') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+        and pg_catalog.jsonb_typeof(p_item -> 'run') = 'number'
+        and case when (p_item ->> 'run') ~ '^[0-9]{1,10}$'
+                 then (p_item ->> 'run')::bigint between 1 and 2147483647 else false end,
+        false)
+$$;

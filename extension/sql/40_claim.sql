@@ -1,5 +1,19 @@
 -- pgconductor: claiming ready executions (the hot path).
 
+-- One execution as claim hands it to a worker: what its handler needs (payload, attempt,
+-- event name, stored steps, batch group) and the run token its reports quote.
+create type pgconductor.claimed_execution as (
+    id uuid,
+    task_name text,
+    payload jsonb,
+    attempt int,
+    max_attempts int,
+    event_name text,
+    steps jsonb,
+    batch_group int,
+    run int
+);
+
 -- Claims up to p_limit ready executions in one statement: pending, run_at reached, in
 -- the queue, of p_task_name if given, else of p_task_names (null: any) except p_exclude;
 -- in the order priority desc, run_at, insertion order; rows locked by another claim are
@@ -16,17 +30,7 @@ create function pgconductor._claim_rows(
     p_now timestamptz,
     p_batch_size int
 )
-returns table (
-    id uuid,
-    task_name text,
-    payload jsonb,
-    attempt int,
-    max_attempts int,
-    event_name text,
-    steps jsonb,
-    batch_group int,
-    run int
-)
+returns setof pgconductor.claimed_execution
 language plpgsql
 volatile
 set search_path = ''
@@ -90,17 +94,7 @@ create function pgconductor.claim(
     p_task_names text[] default null,
     p_limit int default 1
 )
-returns table (
-    id uuid,
-    task_name text,
-    payload jsonb,
-    attempt int,
-    max_attempts int,
-    event_name text,
-    steps jsonb,
-    batch_group int,
-    run int
-)
+returns setof pgconductor.claimed_execution
 language plpgsql
 volatile
 set search_path = ''

@@ -39,12 +39,7 @@ begin
                pg_catalog.jsonb_typeof(e.v -> 'step') = 'string' and (e.v ->> 'step') <> ''
                and pg_catalog.jsonb_typeof(e.v -> 'seconds') = 'number' and (e.v ->> 'seconds')::numeric >= 0
                and (e.v ->> 'seconds')::numeric <= 3153600000, false)
-       or pg_catalog.jsonb_typeof(e.v -> 'id') is distinct from 'string'
-       or (e.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(e.v -> 'run') is distinct from 'number'
-       or (e.v ->> 'run') !~ '^[0-9]{1,10}$'
-       or case when (e.v ->> 'run') ~ '^[0-9]{1,10}$'
-               then (e.v ->> 'run')::bigint not between 1 and 2147483647 end
+       or not pgconductor._is_run_ref(e.v)
     order by e.ord limit 1;
     if found then
         perform pgconductor._invalid(format('reports[%s]', v_bad.ord - 1),
@@ -60,15 +55,13 @@ begin
                case
                    when r.outcome = 'completed' then 'completed'
                    when e.cancel_reason is not null then 'cancelled'
-                   when r.outcome = 'released' and t.window_start is not null
-                        and pgconductor._window_opens_at(t.window_start, t.window_end, t.window_timezone, v_now)
-                            > v_now then 'window'
+                   when w.opens_at > v_now then 'window'
                    when r.outcome = 'released' then 'pending'
                    when r.outcome = 'sleep' then 'waiting'
                    when e.attempts < coalesce(e.max_attempts, t.max_attempts, 3) then 'retry'
                    else 'failed'
                end as next,
-               t.window_start, t.window_end, t.window_timezone,
+               w.opens_at,
                e.attempts,
                case
                    when t.name is null then
@@ -81,6 +74,11 @@ begin
         from r
         join pgconductor._executions e on e.id = r.id
         left join pgconductor._tasks t on t.name = e.task_name
+        -- A release while its task's window is closed waits for the next opening.
+        cross join lateral (select case when r.outcome = 'released' and t.window_start is not null
+                                        then pgconductor._window_opens_at(
+                                            t.window_start, t.window_end, t.window_timezone, v_now)
+                                   end as opens_at) w
         where e.status = 'running' and e.worker_id = p_worker_id and e.claims = r.run
         for update of e
     ), slept as (
@@ -107,8 +105,7 @@ begin
                         else cur.error end,
             attempts = case when cur.next in ('pending', 'waiting', 'window') then e.attempts - 1 else e.attempts end,
             run_at = case
-                         when cur.next = 'window' then pgconductor._window_opens_at(
-                             cur.window_start, cur.window_end, cur.window_timezone, v_now)
+                         when cur.next = 'window' then cur.opens_at
                          when cur.next = 'waiting' then v_now + pg_catalog.make_interval(secs => cur.seconds::double precision)
                          when cur.next = 'retry' then v_now + pg_catalog.make_interval(
                              secs => least(60.0, 15 * pg_catalog.power(2, cur.attempts - 1)))

@@ -24,12 +24,7 @@ begin
     where pg_catalog.jsonb_typeof(x.v) <> 'object'
        or pg_catalog.jsonb_typeof(x.v -> 'name') is distinct from 'string'
        or pg_catalog.btrim(x.v ->> 'name') = '' or pg_catalog.octet_length(x.v ->> 'name') > 200
-       or pg_catalog.jsonb_typeof(x.v -> 'id') is distinct from 'string'
-       or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(x.v -> 'run') is distinct from 'number'
-       or (x.v ->> 'run') !~ '^[0-9]{1,10}$'
-       or case when (x.v ->> 'run') ~ '^[0-9]{1,10}$'
-               then (x.v ->> 'run')::bigint not between 1 and 2147483647 end
+       or not pgconductor._is_run_ref(x.v)
     order by x.ord limit 1;
     if found then
         perform pgconductor._invalid(format('steps[%s]', v_bad.ord - 1),

@@ -126,12 +126,7 @@ begin
     select x.ord, x.v into v_bad
     from pg_catalog.jsonb_array_elements(p_items) with ordinality x(v, ord)
     where pg_catalog.jsonb_typeof(x.v) <> 'object'
-       or pg_catalog.jsonb_typeof(x.v -> 'id') is distinct from 'string'
-       or (x.v ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       or pg_catalog.jsonb_typeof(x.v -> 'run') is distinct from 'number'
-       or (x.v ->> 'run') !~ '^[0-9]{1,10}$'
-       or case when (x.v ->> 'run') ~ '^[0-9]{1,10}$'
-               then (x.v ->> 'run')::bigint not between 1 and 2147483647 end
+       or not pgconductor._is_run_ref(x.v)
        or pg_catalog.jsonb_typeof(x.v -> 'timeout_ms') not in ('number', 'null')
        or (x.v ->> 'timeout_ms') !~ '^[0-9]{1,15}$'
     order by x.ord limit 1;

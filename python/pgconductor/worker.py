@@ -467,13 +467,8 @@ class Worker:
 
     def _done(self, outcomes: list[tuple[sql.ClaimedExecution, str | None]]) -> None:
         """Buffer the outcomes of one handler run (None: nothing to report) and free its slot."""
-        current = asyncio.current_task()
         for row, fragment in outcomes:
-            key = (row.id, row.run)
-            # Only this run's own entry (defensive: runs of one execution have their own keys).
-            entry = self._running.get(key)
-            if entry is not None and entry[0] is current:
-                del self._running[key]
+            del self._running[(row.id, row.run)]  # each run has its own key (the run token)
             if fragment is None:
                 self._unhold(row.id)
                 continue

@@ -1,10 +1,6 @@
 -- pgconductor.now(): one clock for every decision; tests move it with
 -- set_fake_time / clear_fake_time, refused (PGC02) unless fake time is allowed.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-set intervalstyle = 'postgres';
+\i ../tests/sql/include/reset.sql
 -- start from a real clock, whatever an earlier file left behind
 select pgconductor.clear_fake_time();
 

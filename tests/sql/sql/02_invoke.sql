@@ -1,14 +1,6 @@
 -- pgconductor.invoke: enqueue one execution with defaults from the call, the
 -- registered task, or the built-in defaults (queue 'default', max_attempts 3).
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-set intervalstyle = 'postgres';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
-delete from pgconductor._queues;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 
 -- an unregistered task with no options: queue 'default', max_attempts 3, pending,

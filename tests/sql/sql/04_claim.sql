@@ -1,17 +1,9 @@
 -- pgconductor.claim: hands out ready executions of one queue in the order
 -- priority desc, run_at, insertion order; each becomes running with one attempt counted.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-set intervalstyle = 'postgres';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
+\i ../tests/sql/include/reset.sql
 -- claiming workers hold live leases (claim refuses unknown or expired workers)
 select count(pgconductor.register_worker(w.id, 'w', '[]', 2000000000))
 from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);
-delete from pgconductor._queues;
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w1',
     '[{"name": "a"}, {"name": "b"}, {"name": "c", "queue": "other"}]', 2000000000);

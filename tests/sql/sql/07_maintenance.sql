@@ -2,15 +2,7 @@
 -- than their lease go back to pending, counting the attempt, or fail at
 -- max_attempts), retention (finished rows deleted when they expire), and
 -- unregister_worker (a clean stop hands back what the worker held).
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-set intervalstyle = 'postgres';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
-delete from pgconductor._queues;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2026-01-01 00:00:00+00');
 
 -- nothing to do: run_maintenance reports zeros, maintenance reports that it ran

@@ -1,13 +1,6 @@
 -- Throttle and debounce (SPEC §3), keyed by task + queue + dedupe_key (no key: the task).
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
+\i ../tests/sql/include/reset.sql
 delete from pgconductor._throttles;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
-delete from pgconductor._queues;
 select count(pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w', '[]', 2000000000));
 select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
 

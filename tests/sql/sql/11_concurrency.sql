@@ -1,13 +1,6 @@
 -- Concurrency limits: at most N executions of a task run at once across all workers,
 -- decided at claim; a slot frees itself on every way out of running.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
-delete from pgconductor._queues;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
 select count(pgconductor.register_worker(w.id, 'w', '[{"name": "limited", "concurrency": 2}, {"name": "free"}]', 2000000000))
 from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);

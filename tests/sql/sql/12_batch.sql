@@ -1,14 +1,7 @@
 -- Batch tasks: claim hands out groups of up to `size` ready executions of one batch task
 -- when `size` are ready or the oldest ready one has waited timeout_ms; p_limit counts
 -- handler runs (a group is one).
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
-delete from pgconductor._queues;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w',
     '[{"name": "rows", "batch": {"size": 3, "timeout_ms": 2000}}, {"name": "plain"}]', 2000000000);

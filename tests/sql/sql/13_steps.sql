@@ -1,12 +1,6 @@
 -- save_step: a step result of a held running execution is saved once (first save wins),
 -- comes back with the next claim, and reports a requested cancellation.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
 select count(pgconductor.register_worker(w.id, 'w', '[{"name": "s", "max_attempts": 3}]', 2000000000))
 from (values ('00000000-0000-0000-0000-000000000001'::uuid), ('00000000-0000-0000-0000-000000000002'::uuid)) w(id);

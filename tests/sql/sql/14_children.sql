@@ -1,13 +1,7 @@
 -- invoke_child: a child is created once per (parent, step); the parent waits (not an
 -- attempt) and wakes when the child's outcome is saved as its step; timeouts, failures,
 -- cancellation cascades and lease recovery.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
+\i ../tests/sql/include/reset.sql
 select pgconductor.set_fake_time('2030-01-01 00:00:00+00');
 select pgconductor.register_worker('00000000-0000-0000-0000-000000000001', 'w',
     '[{"name": "parent"}, {"name": "child", "queue": "kids", "max_attempts": 1}]', 2000000000);

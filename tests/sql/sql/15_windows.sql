@@ -1,13 +1,7 @@
 -- Time windows: registration parses and refuses windows; claims skip executions of tasks
 -- whose window is closed (moving them to waiting until it opens); a release while the
 -- window is closed waits for the next opening; checkpoint reports a closed window.
-\set VERBOSITY terse
-set pgconductor.allow_fake_time = on;
-set timezone = 'UTC';
-set datestyle = 'ISO, YMD';
-truncate pgconductor._executions cascade;
-delete from pgconductor._tasks;
-delete from pgconductor._workers;
+\i ../tests/sql/include/reset.sql
 
 -- the opening instant of a window: the same instant when open, else the next start
 select t.at, pgconductor._window_opens_at(w.s, w.e, w.tz, t.at) as opens_at, w.s, w.e, w.tz
