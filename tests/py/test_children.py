@@ -28,6 +28,8 @@ from pgconductor import (
 )
 from pgconductor.testing import advance_time, set_fake_time
 
+from .polling import eventually
+
 DB = psycopg.Connection[tuple[Any, ...]]
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -88,15 +90,14 @@ async def test_the_parent_waits_without_a_worker_until_the_child_finishes(
     orchestrator = Orchestrator.create(conductor)
     await orchestrator.start()
     try:
-        for _ in range(200):
-            row = db.execute(
+        row = await eventually(
+            lambda: db.execute(
                 "select p.status, p.worker_id, c.status from pgconductor._executions p"
                 " join pgconductor._executions c on c.parent_id = p.id where p.id = %s",
                 (parent_id,),
-            ).fetchone()
-            if row == ("waiting", None, "running"):
-                break
-            await asyncio.sleep(0.02)
+            ).fetchone(),
+            lambda r: r == ("waiting", None, "running"),
+        )
         assert row == ("waiting", None, "running")
         release.set()
         assert await conductor.wait_for(parent_id, timeout=10) == "done"
@@ -199,11 +200,7 @@ async def test_child_timeout_raises_timeout_error_and_the_child_keeps_running(
     orchestrator = Orchestrator.create(conductor)
     await orchestrator.start()
     try:
-        for _ in range(200):
-            if status_of(db, parent_id) == "waiting":
-                break
-            await asyncio.sleep(0.02)
-        assert status_of(db, parent_id) == "waiting"
+        assert await eventually(lambda: status_of(db, parent_id), lambda s: s == "waiting") == "waiting"
         run_at = db.execute(
             "select run_at from pgconductor._executions where id = %s", (parent_id,)
         ).fetchone()
@@ -269,11 +266,13 @@ async def test_cancelling_a_waiting_parent_cancels_its_children(conductor: Condu
     orchestrator = Orchestrator.create(conductor)
     await orchestrator.start()
     try:
-        for _ in range(300):
-            rows = db.execute("select task_name, status from pgconductor._executions order by seq").fetchall()
-            if rows == [("top", "waiting"), ("middle", "waiting"), ("deep-child", "running")]:
-                break
-            await asyncio.sleep(0.02)
+        expected = [("top", "waiting"), ("middle", "waiting"), ("deep-child", "running")]
+        rows = await eventually(
+            lambda: db.execute(
+                "select task_name, status from pgconductor._executions order by seq"
+            ).fetchall(),
+            lambda r: r == expected,
+        )
         assert rows == [("top", "waiting"), ("middle", "waiting"), ("deep-child", "running")]
         assert await conductor.cancel(top_id, reason="order withdrawn") is True
         with pytest.raises(ExecutionCancelled):
@@ -527,11 +526,7 @@ async def test_a_parent_resumed_while_its_previous_run_unwinds_keeps_its_slot(
     await orchestrator.start()
     try:
         assert await conductor.wait_for(parent_id, timeout=10) == 7
-        for _ in range(100):
-            info = orchestrator.workers[0].info()
-            if info["active_runs"] == 0:
-                break
-            await asyncio.sleep(0.02)
+        info = await eventually(orchestrator.workers[0].info, lambda i: i["active_runs"] == 0)
     finally:
         await orchestrator.stop()
     # Same attempt number for both runs (waiting is not an attempt), and no slot lost.
@@ -602,26 +597,20 @@ async def test_a_child_start_cut_off_by_a_lost_connection_is_sent_again_once(
     orchestrator = Orchestrator.create(conductor, default_worker=WorkerConfig(poll_interval_ms=100))
     await orchestrator.start()
     try:
-        for _ in range(200):
-            if runs:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: runs, bool)
         # Hold the parent's row so that the child start blocks, then cut its connection.
         with psycopg.connect(db.info.dsn) as locker:
             locker.execute("select 1 from pgconductor._executions where id = %s for update", (parent_id,))
             go.set()
-            pid = None
-            for _ in range(200):
-                row = db.execute(
+            blocked = await eventually(
+                lambda: db.execute(
                     "select pid from pg_stat_activity where query like '%%invoke_children%%'"
                     " and state = 'active' and pid <> pg_backend_pid()"
-                ).fetchone()
-                if row:
-                    pid = row[0]
-                    break
-                await asyncio.sleep(0.01)
-            assert pid is not None
-            db.execute("select pg_terminate_backend(%s)", (pid,))
+                ).fetchone(),
+                lambda row: row is not None,
+            )
+            assert blocked is not None
+            db.execute("select pg_terminate_backend(%s)", (blocked[0],))
             locker.rollback()
         # The call was rolled back with its connection: the worker sends it again on a new
         # connection, and the child is created once.

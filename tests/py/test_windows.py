@@ -15,6 +15,8 @@ import pytest
 from pgconductor import Conductor, InvalidInput, Orchestrator
 from pgconductor.testing import set_fake_time
 
+from .polling import eventually
+
 DB = psycopg.Connection[tuple[Any, ...]]
 DAY = datetime(2030, 1, 1, tzinfo=UTC)  # a Tuesday in winter (Berlin is UTC+1)
 
@@ -133,10 +135,7 @@ async def test_running_execution_is_released_when_its_window_closes(
         await asyncio.wait_for(reached.wait(), 10)
         await set_fake_time(conductor, at(17, 1))
         go_on.set()
-        for _ in range(200):
-            if state(db, execution_id)[0] == "waiting":
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: state(db, execution_id)[0], lambda s: s == "waiting")
     finally:
         await orchestrator.stop()
     # Released until tomorrow's opening; the attempt is not counted, the first step kept.
